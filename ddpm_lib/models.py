@@ -1,0 +1,289 @@
+"""Noise-prediction networks eps_theta(x_t, t) (Ho et al. 2020, section 3.3 and appendix B).
+
+Two models, both called as ``model(x, t)`` with images ``x`` of shape
+(B, C, H, W) scaled to [-1, 1] and integer timesteps ``t`` of shape (B,), and
+both returning a tensor shaped like ``x``: the predicted noise eps.
+
+* :class:`SimpleUNet` -- the origin project's design, kept as an exhibit: the
+  sinusoidal time embedding is added *once*, to the first feature map, with no
+  MLP; BatchNorm; no attention.
+* :class:`UNet` -- the standard DDPM design: sinusoidal embedding followed by an
+  MLP, injected into *every* residual block; GroupNorm; optional self-attention
+  at the lowest resolution.
+
+Build either from a :class:`ModelConfig` with :func:`build_model`; the config is
+what a checkpoint stores, so a checkpoint can rebuild its model exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+ARCHITECTURES = ("unet", "simple")
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoidal position embedding of timesteps (Ho et al. 2020, appendix B;
+    Vaswani et al. 2017, section 3.5).
+
+    emb[:, i]          = sin(t / max_period^(i/half))  for i < half
+    emb[:, half + i]   = cos(t / max_period^(i/half))
+    Returns a float tensor of shape (B, dim); ``dim`` must be even.
+    """
+    if dim % 2:
+        raise ValueError(f"embedding dim must be even, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model; stored inside every checkpoint."""
+
+    arch: str = "unet"               # "unet" (standard DDPM) or "simple" (the origin's design)
+    image_channels: int = 1
+    image_size: int = 28
+    base_channels: int = 32
+    channel_mults: tuple = (1, 2, 2)   # one entry per resolution; 28 -> 14 -> 7
+    num_res_blocks: int = 2           # UNet only
+    attention: bool = True            # UNet only: self-attention at the lowest resolution
+    dropout: float = 0.0              # UNet only
+    norm_groups: int = 8              # UNet only: GroupNorm groups
+    num_timesteps: int = 1000         # valid timesteps are [0, num_timesteps)
+
+    def __post_init__(self):
+        self.channel_mults = tuple(int(m) for m in self.channel_mults)
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+        down = 2 ** (len(self.channel_mults) - 1)
+        if self.image_size % down:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by {down}, which "
+                f"{len(self.channel_mults)} resolutions need; use fewer channel_mults"
+            )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channel_mults"] = list(self.channel_mults)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+class _Base(nn.Module):
+    """Input checks shared by both models."""
+
+    config: ModelConfig
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        c = self.config
+        expected = (c.image_channels, c.image_size, c.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
+                f"got {tuple(x.shape)}; add a channel axis with x.unsqueeze(1) if you have (B, H, W)"
+            )
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError("timesteps must be an integer tensor of shape (B,)")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"expected timesteps of shape ({x.shape[0]},), got {tuple(t.shape)}")
+        if len(t) and (int(t.min()) < 0 or int(t.max()) >= c.num_timesteps):
+            raise ValueError(
+                f"timestep out of range: got values in [{int(t.min())}, {int(t.max())}], "
+                f"expected integers in [0, {c.num_timesteps})"
+            )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------
+# The origin's simple UNet
+# ---------------------------------------------------------------------------
+class _ConvBNBlock(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
+        )
+
+
+class SimpleUNet(_Base):
+    """The origin project's UNet: time enters once, at the input.
+
+    conv_in -> (+ sinusoidal embedding of t, broadcast over pixels) -> a plain
+    conv/BatchNorm/ReLU encoder-decoder with skip connections. There is no MLP
+    on the embedding and no other place where the network sees t.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        chans = [config.base_channels * m for m in config.channel_mults]
+        self.conv_in = nn.Conv2d(config.image_channels, chans[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        cin = chans[0]
+        for c in chans:
+            self.down.append(_ConvBNBlock(cin, c))
+            cin = c
+        self.mid = _ConvBNBlock(cin, cin)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i, c in reversed(list(enumerate(chans))):
+            self.up.append(_ConvBNBlock(cin + c, c))
+            if i > 0:
+                self.upsample.append(nn.ConvTranspose2d(c, c, 2, stride=2))
+            cin = c
+        self.conv_out = nn.Conv2d(chans[0], config.image_channels, 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, t)
+        h = self.conv_in(x)
+        h = h + sinusoidal_embedding(t, h.shape[1]).to(h.dtype)[:, :, None, None]  # the only use of t
+        skips = []
+        for i, block in enumerate(self.down):
+            h = block(h)
+            skips.append(h)
+            if i < len(self.down) - 1:
+                h = F.max_pool2d(h, 2)
+        h = self.mid(h)
+        for i, block in enumerate(self.up):
+            h = block(torch.cat([h, skips.pop()], dim=1))
+            if i < len(self.upsample):
+                h = self.upsample[i](h)
+        return self.conv_out(h)
+
+
+# ---------------------------------------------------------------------------
+# The standard DDPM UNet
+# ---------------------------------------------------------------------------
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv, plus a projection of the time embedding, twice,
+    with a residual connection (the block of Ho et al. 2020, appendix B)."""
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.temb = nn.Linear(temb_dim, cout)
+        self.norm2 = nn.GroupNorm(groups, cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb(F.silu(temb))[:, :, None, None]  # time enters every block
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return h + self.skip(x)
+
+
+class SelfAttention(nn.Module):
+    """Single-head self-attention over pixels with a residual connection."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, hgt * wid).transpose(-1, -2).unbind(1)
+        h = F.scaled_dot_product_attention(q, k, v)  # (b, hw, c)
+        return x + self.proj(h.transpose(-1, -2).reshape(b, c, hgt, wid))
+
+
+class UNet(_Base):
+    """The standard DDPM UNet (Ho et al. 2020, appendix B), sized for 28x28 digits.
+
+    Sinusoidal embedding -> MLP -> added to every :class:`ResBlock`; GroupNorm;
+    ``num_res_blocks`` residual blocks per resolution; strided-conv downsampling
+    and nearest-neighbour upsampling; optional self-attention at the lowest
+    resolution (7x7 for MNIST).
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        ch = config.base_channels
+        temb_dim = 4 * ch
+        g, p = config.norm_groups, config.dropout
+        chans = [ch * m for m in config.channel_mults]
+        self.time_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.conv_in = nn.Conv2d(config.image_channels, ch, 3, padding=1)
+
+        self.down_blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        skip_chans = [ch]
+        cin = ch
+        for level, c in enumerate(chans):
+            for _ in range(config.num_res_blocks):
+                self.down_blocks.append(ResBlock(cin, c, temb_dim, g, p))
+                cin = c
+                skip_chans.append(c)
+            if level < len(chans) - 1:
+                self.downsamples.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+                skip_chans.append(c)
+
+        self.mid1 = ResBlock(cin, cin, temb_dim, g, p)
+        self.mid_attn = SelfAttention(cin, g) if config.attention else nn.Identity()
+        self.mid2 = ResBlock(cin, cin, temb_dim, g, p)
+
+        self.up_blocks = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for level, c in reversed(list(enumerate(chans))):
+            for _ in range(config.num_res_blocks + 1):
+                self.up_blocks.append(ResBlock(cin + skip_chans.pop(), c, temb_dim, g, p))
+                cin = c
+            if level > 0:
+                self.upsamples.append(nn.Conv2d(c, c, 3, padding=1))
+        self.norm_out = nn.GroupNorm(g, cin)
+        self.conv_out = nn.Conv2d(cin, config.image_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, t)
+        c = self.config
+        temb = self.time_mlp(sinusoidal_embedding(t, c.base_channels).to(x.dtype))
+        h = self.conv_in(x)
+        skips = [h]
+        blocks = iter(self.down_blocks)
+        for level in range(len(c.channel_mults)):
+            for _ in range(c.num_res_blocks):
+                h = next(blocks)(h, temb)
+                skips.append(h)
+            if level < len(c.channel_mults) - 1:
+                h = self.downsamples[level](h)
+                skips.append(h)
+        h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
+        blocks = iter(self.up_blocks)
+        for level in range(len(c.channel_mults)):
+            for _ in range(c.num_res_blocks + 1):
+                h = next(blocks)(torch.cat([h, skips.pop()], dim=1), temb)
+            if level < len(c.channel_mults) - 1:
+                h = self.upsamples[level](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def build_model(config: ModelConfig | dict | None = None, **overrides) -> nn.Module:
+    """Build :class:`UNet` or :class:`SimpleUNet` from a config (or keyword overrides)."""
+    if config is None:
+        config = ModelConfig(**overrides)
+    elif isinstance(config, dict):
+        config = ModelConfig.from_dict({**config, **overrides})
+    elif overrides:
+        config = ModelConfig.from_dict({**config.to_dict(), **overrides})
+    return UNet(config) if config.arch == "unet" else SimpleUNet(config)
