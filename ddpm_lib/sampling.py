@@ -1,0 +1,148 @@
+"""Reverse process: sampling new images (Ho et al. 2020, Algorithm 2).
+
+One reverse step, :func:`p_sample`, computes
+
+    x_{t-1} = 1/sqrt(alpha_t) * (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_theta(x_t, t)) + sigma_t z
+
+with z ~ N(0, I) (z = 0 at the last step). The paper tries two choices of the
+variance (section 3.2), selected here by ``variance``:
+
+* ``"beta"``        -- sigma_t^2 = beta_t            (optimal for x_0 ~ N(0, I))
+* ``"beta_tilde"``  -- sigma_t^2 = beta_tilde_t (Eq. 7, optimal for a single fixed x_0)
+* ``"none"``        -- sigma_t = 0: the origin project's simplification, which drops
+                       the noise term. It is *not* DDPM; chapter 5 shows what it does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .schedule import DiffusionSchedule, _extract
+
+VARIANCES = ("beta", "beta_tilde", "none")
+
+
+def _sigma(schedule: DiffusionSchedule, t: torch.Tensor, x: torch.Tensor, variance: str) -> torch.Tensor:
+    if variance == "beta":
+        return torch.sqrt(_extract(schedule.betas, t, x))
+    if variance == "beta_tilde":
+        return torch.sqrt(_extract(schedule.posterior_variance, t, x))
+    if variance == "none":
+        return torch.zeros_like(_extract(schedule.betas, t, x))
+    raise ValueError(f"unknown variance {variance!r}: expected one of {', '.join(VARIANCES)}")
+
+
+def p_mean(model: nn.Module, schedule: DiffusionSchedule, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """mu_theta(x_t, t) = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-alpha_bar_t) eps_theta(x_t, t)) (Eq. 11)."""
+    t = schedule.check_timesteps(t, batch=x_t.shape[0])
+    eps = model(x_t, t).to(x_t.dtype)
+    beta = _extract(schedule.betas, t, x_t)
+    ab = _extract(schedule.alpha_bars, t, x_t)
+    return (x_t - beta / torch.sqrt(1.0 - ab) * eps) / torch.sqrt(1.0 - beta)
+
+
+@torch.no_grad()
+def p_sample(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    variance: str = "beta",
+) -> torch.Tensor:
+    """One reverse step x_t -> x_{t-1}: line 4 of Algorithm 2.
+
+    ``t`` holds zero-indexed timesteps of shape (B,); where ``t == 0`` (the
+    paper's t = 1) no noise is added. ``noise`` is z; pass it to make the step
+    deterministic. Same role as diffusers' ``scheduler.step``.
+    """
+    t = schedule.check_timesteps(t, batch=x_t.shape[0])
+    if noise is None:
+        noise = torch.randn_like(x_t)
+    mean = p_mean(model, schedule, x_t, t)
+    sigma = _sigma(schedule, t, x_t, variance)
+    nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.device)
+    return mean + nonzero * sigma * noise
+
+
+@torch.no_grad()
+def ddpm_sample(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    variance: str = "beta",
+    image_shape: tuple[int, int, int] | None = None,
+    device: torch.device | str | None = None,
+    batch_size: int = 500,
+    record_every: int | None = None,
+    progress: bool = False,
+    autocast_bf16: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+):
+    """Draw ``n`` samples with Algorithm 2 over all T steps of ``schedule``.
+
+    x_T ~ N(0, I); for t = T..1: x_{t-1} = p_sample(x_t, t); return x_0.
+
+    Reproducible: pass ``seed`` (or a ``generator``); the same seed gives the
+    same images whatever ``batch_size`` is, because all noise is drawn from the
+    generator in one order (x_T first, then z for each step) per batch.
+
+    Returns a float tensor (n, C, H, W) in roughly [-1, 1] (not clipped). With
+    ``record_every=k`` it returns ``(x0, trajectory)`` where ``trajectory`` is a
+    list of ``(t, x_t)`` pairs every k steps (and at t = 0), for plotting.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}: expected one of {', '.join(VARIANCES)}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    cfg = getattr(model, "config", None)
+    if image_shape is None:
+        if cfg is None:
+            raise ValueError("pass image_shape=(C, H, W): the model has no config to read it from")
+        image_shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
+    if cfg is not None and cfg.num_timesteps != schedule.T:
+        raise ValueError(
+            f"the model was built for T={cfg.num_timesteps} timesteps but the schedule has T={schedule.T}; "
+            "sample with the schedule the model was trained with (load_checkpoint returns it)"
+        )
+    if device is None:
+        device = next(model.parameters()).device
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    was_training = model.training
+    model.eval()
+
+    outputs, trajectory = [], []
+    steps = range(schedule.T - 1, -1, -1)
+    try:
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            x = torch.randn((b, *image_shape), generator=generator).to(device)
+            iterator = steps
+            if progress:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(steps, desc=f"sampling {start + b}/{n}", leave=False)
+            record = record_every is not None and start == 0
+            if record:
+                trajectory.append((schedule.T, x.cpu().clone()))
+            for i in iterator:
+                t = torch.full((b,), i, dtype=torch.long, device=device)
+                z = torch.randn((b, *image_shape), generator=generator).to(device)
+                with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                    x = p_sample(model, schedule, x, t, noise=z, variance=variance).float()
+                if record and (i % record_every == 0):
+                    trajectory.append((i, x.cpu().clone()))
+                if callback is not None:
+                    callback(i, x)
+            outputs.append(x.cpu())
+    finally:
+        model.train(was_training)
+    x0 = torch.cat(outputs)
+    return (x0, trajectory) if record_every is not None else x0
