@@ -15,6 +15,7 @@ variance (section 3.2), selected here by ``variance``:
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -89,9 +90,9 @@ def ddpm_sample(
 
     x_T ~ N(0, I); for t = T..1: x_{t-1} = p_sample(x_t, t); return x_0.
 
-    Reproducible: pass ``seed`` (or a ``generator``); the same seed gives the
-    same images whatever ``batch_size`` is, because all noise is drawn from the
-    generator in one order (x_T first, then z for each step) per batch.
+    Reproducible: all noise comes from one generator (``seed`` or ``generator``),
+    drawn in a fixed order (per batch: x_T first, then z for each step), so the
+    same seed and ``batch_size`` give the same images.
 
     Returns a float tensor (n, C, H, W) in roughly [-1, 1] (not clipped). With
     ``record_every=k`` it returns ``(x0, trajectory)`` where ``trajectory`` is a
@@ -146,3 +147,66 @@ def ddpm_sample(
         model.train(was_training)
     x0 = torch.cat(outputs)
     return (x0, trajectory) if record_every is not None else x0
+
+
+def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
+    """An evenly spaced, increasing sub-sequence tau of [0, T) with ``steps`` elements (Song et al. 2021, section 4.2)."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be between 1 and T={T}, got {steps}")
+    return torch.linspace(0, T - 1, steps).round().long().unique()
+
+
+@torch.no_grad()
+def ddim_sample(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    n: int,
+    steps: int = 50,
+    eta: float = 0.0,
+    *,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    batch_size: int = 500,
+    autocast_bf16: bool = False,
+) -> torch.Tensor:
+    """DDIM sampling over ``steps`` of the T timesteps (Song et al. 2021, Eq. 12).
+
+    x_{tau_{i-1}} = sqrt(alpha_bar_{tau_{i-1}}) x0_pred
+                    + sqrt(1 - alpha_bar_{tau_{i-1}} - sigma^2) eps_theta + sigma z,
+    x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t),
+    sigma = eta sqrt((1 - alpha_bar_{tau_{i-1}}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{tau_{i-1}}).
+    ``eta = 0`` is the deterministic DDIM sampler; ``eta = 1`` with all T steps is DDPM with sigma_t^2 = beta_tilde_t.
+    """
+    cfg = model.config
+    if cfg.num_timesteps != schedule.T:
+        raise ValueError(f"the model was built for T={cfg.num_timesteps} timesteps but the schedule has T={schedule.T}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    tau = ddim_timesteps(schedule.T, steps).tolist()
+    ab = schedule.alpha_bars
+    shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
+    device = device or next(model.parameters()).device
+    generator = generator or torch.Generator().manual_seed(0 if seed is None else seed)
+    was_training = model.training
+    model.eval()
+    outputs = []
+    try:
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            x = torch.randn((b, *shape), generator=generator).to(device)
+            for i in range(len(tau) - 1, -1, -1):
+                t_now = tau[i]
+                ab_t = float(ab[t_now])
+                ab_prev = float(ab[tau[i - 1]]) if i > 0 else 1.0
+                t = torch.full((b,), t_now, dtype=torch.long, device=device)
+                with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
+                    eps = model(x, t).float()
+                x0_pred = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+                sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+                z = torch.randn((b, *shape), generator=generator).to(device)
+                x = math.sqrt(ab_prev) * x0_pred + math.sqrt(max(0.0, 1 - ab_prev - sigma**2)) * eps + sigma * z
+            outputs.append(x.cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs)

@@ -1,0 +1,214 @@
+"""Command line: ``python -m ddpm_lib {train,sample,evaluate,export,info}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
+    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
+                   help="ddpm: Algorithm 2 over all T steps (default); ddim: Song et al. 2021 over --steps steps")
+    p.add_argument("--variance", choices=["beta", "beta_tilde", "none"], default="beta",
+                   help="sigma_t^2 for --sampler ddpm (default beta; 'none' drops the noise term)")
+    p.add_argument("--steps", type=int, default=None, help="number of steps (ddpm: must be T; ddim: default 50)")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network")
+
+
+def _draw(args) -> tuple[torch.Tensor, dict]:
+    """Sample images as chosen on the command line; returns (x in [-1, 1], description)."""
+    from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+    from .sampling import ddim_sample, ddpm_sample
+
+    ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
+    if args.n < 1:
+        raise SystemExit(f"--n must be at least 1, got {args.n}")
+    T = ckpt.schedule.T
+    if args.sampler == "ddpm":
+        if args.steps not in (None, T):
+            raise SystemExit(f"--sampler ddpm runs all T={T} steps of the checkpoint's schedule; "
+                             f"for {args.steps} steps use --sampler ddim")
+        x = ddpm_sample(ckpt.model, ckpt.schedule, args.n, seed=args.seed, variance=args.variance,
+                        batch_size=args.batch_size, autocast_bf16=args.bf16, progress=sys.stderr.isatty())
+        desc = {"sampler": "ddpm", "variance": args.variance, "steps": T}
+    else:
+        steps = args.steps or 50
+        x = ddim_sample(ckpt.model, ckpt.schedule, args.n, steps=steps, eta=args.eta, seed=args.seed,
+                        batch_size=args.batch_size, autocast_bf16=args.bf16)
+        desc = {"sampler": "ddim", "eta": args.eta, "steps": steps}
+    return x, desc
+
+
+def cmd_sample(args) -> int:
+    from .checkpoint import atomic_write_bytes
+    from .data import from_model_range
+    from .viz import save_png
+
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npy"):
+        raise SystemExit(f"--out must end in .png (an image grid) or .npy (uint8 array), got {out}")
+    t0 = time.perf_counter()
+    x, _ = _draw(args)
+    if out.suffix == ".png":
+        save_png(x, out, nrow=args.nrow or max(1, int(round(args.n ** 0.5))))
+    else:
+        import io
+
+        buf = io.BytesIO()
+        np.save(buf, from_model_range(x).numpy())
+        atomic_write_bytes(out, buf.getvalue())
+    print(f"wrote {args.n} samples to {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .metrics import evaluate_samples
+
+    t0 = time.perf_counter()
+    x, desc = _draw(args)
+    sample_seconds = time.perf_counter() - t0
+    report = evaluate_samples(x, seed=args.seed)
+    report.update(desc)
+    report["checkpoint"] = str(args.checkpoint or "shipped")
+    report["sample_seconds"] = round(sample_seconds, 1)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        from .checkpoint import atomic_write_bytes
+
+        atomic_write_bytes(args.out, (text + "\n").encode())
+    print(text)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .data import load_mnist
+    from .presets import PRESETS
+    from .schedule import make_schedule
+    from .training import MODEL_FILE, train
+
+    recipe = PRESETS[args.preset]
+    model_cfg, tc = recipe.model, recipe.train
+    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "max_minutes", "ema_decay",
+                                               "warmup_steps", "checkpoint_every") if getattr(args, k) is not None}
+    if args.bf16 is not None:
+        overrides["bf16"] = args.bf16
+    tc = replace(tc, **overrides)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        tc = replace(tc, max_minutes=None)
+    sched_kind, T = args.schedule or recipe.schedule, args.T or recipe.T
+    model_over = {k: getattr(args, k) for k in ("arch", "base_channels") if getattr(args, k) is not None}
+    model_cfg = replace(model_cfg, num_timesteps=T, **model_over)
+    out_dir = Path(args.out_dir or f"runs/{args.preset}")
+    print(f"preset {args.preset!r}: {recipe.about}\nmodel {model_cfg}\nschedule {sched_kind} T={T}\ntrain {tc}\n"
+          f"writing to {out_dir}", flush=True)
+    data = load_mnist("train", args.data_dir).as_model_input()
+    wall0 = time.perf_counter()
+    result = train(model_cfg, make_schedule(sched_kind, T), tc, data, out_dir, resume=not args.no_resume,
+                   progress=not args.no_progress)
+    wall = time.perf_counter() - wall0
+    state = "interrupted (resume with the same command)" if result.interrupted else "finished"
+    print(f"{state} at step {result.step}: {result.seconds / 60:.1f} min of training in total, "
+          f"{wall / 60:.1f} min wall clock this session; EMA model in {out_dir / MODEL_FILE}")
+    if args.export and not result.interrupted:
+        import shutil
+
+        shutil.copyfile(out_dir / MODEL_FILE, args.export)
+        print(f"exported to {args.export}")
+    return 130 if result.interrupted else 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoint import save_checkpoint
+    from .training import load_train_state_model
+
+    model, schedule, meta = load_train_state_model(args.state, ema=not args.raw)
+    info = {"step": meta["step"], "train_seconds": round(meta["seconds"], 1), "train_config": meta["train_config"]}
+    save_checkpoint(args.out, model, schedule, info)
+    print(f"wrote {'raw' if args.raw else 'EMA'} weights of step {meta['step']} to {args.out}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
+    print(json.dumps({"model_config": ckpt.config.to_dict(), "parameters": ckpt.model.num_parameters(),
+                      "schedule": {"kind": ckpt.schedule.kind, "T": ckpt.schedule.T}, "info": ckpt.info}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+
+    parser = argparse.ArgumentParser(prog="python -m ddpm_lib", description="Train, sample and evaluate DDPMs on MNIST.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="draw samples to a PNG grid or a .npy array")
+    _add_sampler_args(p)
+    p.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (uint8 array of shape (N, 28, 28))")
+    p.add_argument("--nrow", type=int, default=None, help="images per row of the grid")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="sample and print quality figures as JSON (FD, floor, confidence, digit histogram)")
+    _add_sampler_args(p)
+    p.set_defaults(n=1000)
+    p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model (Algorithm 1); resumes if the output folder has a state")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="shipped",
+                   help="; ".join(f"{k}: {v.about}" for k, v in PRESETS.items()))
+    p.add_argument("--out-dir", default=None, help="run folder (default runs/PRESET)")
+    p.add_argument("--export", default=None, help="copy the final EMA model checkpoint to this path")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training (0: no limit)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--ema-decay", type=float)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    p.add_argument("--arch", choices=["unet", "simple"])
+    p.add_argument("--base-channels", type=int)
+    p.add_argument("--schedule", choices=["linear", "cosine"])
+    p.add_argument("--T", type=int)
+    p.add_argument("--data-dir", default=None, help="MNIST root (default $DDPM_DATA_DIR or ~/.cache/ddpm_lib/data)")
+    p.add_argument("--no-resume", action="store_true", help="start fresh even if the folder has a training state")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="write the EMA model of a training state as a model checkpoint")
+    p.add_argument("--state", required=True, help="runs/NAME/train_state.safetensors")
+    p.add_argument("--out", required=True)
+    p.add_argument("--raw", action="store_true", help="export the raw (non-EMA) weights")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("info", help="print a checkpoint's config and training info")
+    p.add_argument("--checkpoint", default=None)
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import MNISTUnavailableError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, MNISTUnavailableError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,341 @@
+"""Training with the simplified objective L_simple (Ho et al. 2020, Algorithm 1, Eq. 14).
+
+    repeat
+        x_0 ~ q(x_0);  t ~ Uniform({1..T});  eps ~ N(0, I)
+        gradient step on || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
+    until converged
+
+:func:`train` wraps that loop with what a real run needs: an exponential moving
+average (EMA) of the weights (the paper samples with EMA weights, decay 0.9999
+over 800k steps; we use 0.999 for runs of a few thousand steps), learning-rate
+warm-up, gradient clipping, optional bf16 autocast on the CPU, periodic atomic
+checkpoints, exact resume, a clean stop on Ctrl-C or SIGTERM, and a hard stop
+with a clear message when the loss becomes NaN or infinite.
+
+Exact resume: every random draw of the loop (the data order, t and eps) comes
+from seeded generators whose state is saved with the weights, so a run that is
+interrupted and resumed produces the same model as one that was not.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import CheckpointError, read_tensors, save_checkpoint, save_tensors, schedule_to_dict
+from .models import ModelConfig, build_model
+from .schedule import DiffusionSchedule, make_schedule
+
+STATE_FILE = "train_state.safetensors"
+MODEL_FILE = "model.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (stored in every training state)."""
+
+    steps: int = 20_000              # optimizer steps to run (the run also stops at max_minutes)
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup_steps: int = 500          # linear LR warm-up, then constant
+    ema_decay: float = 0.999          # reached after a warm-up, see ema_decay_at
+    grad_clip: float = 1.0
+    seed: int = 0
+    bf16: bool = False               # bf16 autocast for the forward pass (CPU or CUDA)
+    channels_last: bool = False
+    checkpoint_every: int = 500      # steps between training-state checkpoints
+    log_every: int = 50              # steps between entries of the loss history
+    max_minutes: float | None = None  # stop after this much cumulative training time
+    snapshot_minutes: tuple = ()     # export the EMA model when cumulative time passes these marks
+
+    def __post_init__(self):
+        self.snapshot_minutes = tuple(float(m) for m in self.snapshot_minutes)
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def diffusion_loss(
+    model: nn.Module,
+    schedule: DiffusionSchedule,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """L_simple (Eq. 14): mean squared error between eps and eps_theta(x_t, t)."""
+    x_t = schedule.q_sample(x0, t, noise)  # Eq. 4, reparameterised
+    return F.mse_loss(model(x_t, t).float(), noise)
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """EMA decay with warm-up: min(decay, (1 + step) / (10 + step)).
+
+    Early in training the average would otherwise be dominated by the random
+    initial weights (0.999^1000 is still 37%); the warm-up makes the EMA track
+    the weights closely at first and average over ~1/(1-decay) steps later.
+    """
+    return min(decay, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
+    """theta_ema <- decay * theta_ema + (1 - decay) * theta; buffers (BatchNorm statistics) are copied."""
+    for e, p in zip(ema_model.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    ema_model: nn.Module
+    schedule: DiffusionSchedule
+    step: int
+    seconds: float                  # cumulative training wall time, over all resumes
+    history: list = field(default_factory=list)  # [step, mean loss since last entry, seconds]
+    interrupted: bool = False
+    out_dir: Path | None = None
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop at the next step boundary.
+
+    A second Ctrl-C raises KeyboardInterrupt at once, as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step and saving a checkpoint "
+              "(press Ctrl-C again to abort without saving)", flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _save_state(path: Path, model, ema_model, optimizer, generator, step, seconds, history,
+                model_config, schedule, config) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema_model.state_dict().items()})
+    opt = optimizer.state_dict()
+    for idx, state in opt["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
+    tensors["rng.generator"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    metadata = {
+        "kind": "train_state",
+        "model_config": model_config.to_dict(),
+        "schedule": schedule_to_dict(schedule),
+        "train_config": asdict(config),
+        "param_groups": opt["param_groups"],
+        "step": step,
+        "seconds": seconds,
+        "history": history,
+    }
+    save_tensors(path, tensors, metadata)
+
+
+def _load_state(path: Path, model, ema_model, optimizer, generator, model_config, schedule, config):
+    tensors, meta = read_tensors(path)
+    if meta.get("kind") != "train_state":
+        raise CheckpointError(f"{path} is not a training state (kind={meta.get('kind')!r})")
+    same = (
+        meta["model_config"] == model_config.to_dict()
+        and meta["schedule"] == schedule_to_dict(schedule)
+        and {k: v for k, v in meta["train_config"].items() if k not in ("steps", "max_minutes", "snapshot_minutes", "checkpoint_every", "log_every")}
+        == {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in ("steps", "max_minutes", "snapshot_minutes", "checkpoint_every", "log_every")}
+    )
+    if not same:
+        raise CheckpointError(
+            f"{path} belongs to a run with a different model, schedule or recipe; resume it with the same "
+            "options, or start fresh in another folder (or pass resume=False / --no-resume to overwrite it)"
+        )
+    def part(prefix):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    model.load_state_dict(part("model."))
+    ema_model.load_state_dict(part("ema."))
+    opt_state: dict = {}
+    for k, v in part("optim.").items():
+        idx, name = k.split(".", 1)
+        opt_state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    generator.set_state(tensors["rng.generator"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["step"], meta["seconds"], meta["history"]
+
+
+def load_train_state_model(path: str | Path, ema: bool = True) -> tuple[nn.Module, DiffusionSchedule, dict]:
+    """Rebuild the (EMA) model stored in a training state; returns ``(model, schedule, metadata)``."""
+    tensors, meta = read_tensors(path)
+    if meta.get("kind") != "train_state":
+        raise CheckpointError(f"{path} is not a training state (kind={meta.get('kind')!r})")
+    model = build_model(ModelConfig.from_dict(meta["model_config"]))
+    prefix = "ema." if ema else "model."
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    schedule = make_schedule(meta["schedule"]["kind"], meta["schedule"]["T"])
+    return model.eval(), schedule, meta
+
+
+def train(
+    model_config: ModelConfig,
+    schedule: DiffusionSchedule,
+    config: TrainConfig,
+    data: torch.Tensor,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callable[[int, float, "TrainResult"], None] | None = None,
+) -> TrainResult:
+    """Run Algorithm 1 on ``data`` (float images (N, C, H, W) in [-1, 1]).
+
+    With ``out_dir``, a training state is saved there every
+    ``config.checkpoint_every`` steps and at the end, and the EMA model is
+    exported to ``out_dir/model.safetensors``; if a state is already there and
+    ``resume`` is true, training continues from it. ``callback(step, loss,
+    result)`` is called at every history entry (for live plots).
+    """
+    if data.dim() != 4 or data.shape[1:] != (model_config.image_channels, model_config.image_size, model_config.image_size):
+        raise ValueError(
+            f"training data must have shape (N, {model_config.image_channels}, {model_config.image_size}, "
+            f"{model_config.image_size}), got {tuple(data.shape)}"
+        )
+    if len(data) < config.batch_size:
+        raise ValueError(f"need at least batch_size={config.batch_size} images, got {len(data)}")
+    if model_config.num_timesteps != schedule.T:
+        raise ValueError(f"model_config.num_timesteps={model_config.num_timesteps} but the schedule has T={schedule.T}")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    torch.manual_seed(config.seed)
+    model = build_model(model_config)
+    ema_model = copy.deepcopy(model).eval()
+    for p in ema_model.parameters():
+        p.requires_grad_(False)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    step, seconds, history = 0, 0.0, []
+    state_path = out_dir / STATE_FILE if out_dir is not None else None
+    if state_path is not None and state_path.exists() and resume:
+        step, seconds, history = _load_state(state_path, model, ema_model, optimizer, generator,
+                                             model_config, schedule, config)
+        print(f"resuming from step {step} ({seconds / 60:.1f} min of training so far)", flush=True)
+
+    def save():
+        if state_path is not None:
+            _save_state(state_path, model, ema_model, optimizer, generator, step, seconds, history,
+                        model_config, schedule, config)
+
+    def export(path):
+        info = {"step": step, "train_seconds": round(seconds, 1), "train_config": asdict(config)}
+        save_checkpoint(path, ema_model, schedule, info)
+
+    n = len(data)
+    per_epoch = n // config.batch_size
+    epoch, perm = None, None
+    done_snapshots = {m for m in config.snapshot_minutes if seconds >= 60 * m}
+    result = TrainResult(model, ema_model, schedule, step, seconds, history, False, out_dir)
+    bar = None
+    if progress:
+        from tqdm import tqdm  # plain tqdm: works in terminals and headless notebook runs
+
+        bar = tqdm(total=config.steps, initial=min(step, config.steps), desc="training", mininterval=2)
+
+    def out_of_time():
+        return config.max_minutes is not None and seconds >= 60 * config.max_minutes
+
+    running, count = 0.0, 0
+    model.train()
+    with _StopFlag() as stop:
+        while step < config.steps and not out_of_time() and not stop.requested:
+            t0 = time.perf_counter()
+            if epoch != step // per_epoch:
+                epoch = step // per_epoch
+                perm = _epoch_permutation(n, config.seed, epoch)
+            i = step % per_epoch
+            x0 = data[perm[i * config.batch_size:(i + 1) * config.batch_size]].to(memory_format=memory_format)
+            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)   # t ~ Uniform
+            noise = torch.randn(x0.shape, generator=generator)                      # eps ~ N(0, I)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                loss = diffusion_loss(model, schedule, x0, t, noise)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"the loss became {loss.item()} at step {step + 1}; training stopped. The last good "
+                    f"training state (if any) is left untouched in {out_dir}. Lower the learning rate "
+                    f"(now {config.lr}), keep gradient clipping on, or turn off bf16, then resume."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            ema_update(ema_model, model, ema_decay_at(step, config.ema_decay))
+            step += 1
+            seconds += time.perf_counter() - t0
+            running += loss.item()
+            count += 1
+            if step % config.log_every == 0 or step == config.steps:
+                history.append([step, running / count, round(seconds, 2)])
+                running, count = 0.0, 0
+                result.step, result.seconds = step, seconds
+                if bar is not None:
+                    bar.set_postfix(loss=f"{history[-1][1]:.4f}")
+                if callback is not None:
+                    callback(step, history[-1][1], result)
+            if bar is not None:
+                bar.update(1)
+            for m in config.snapshot_minutes:
+                if m not in done_snapshots and seconds >= 60 * m and out_dir is not None:
+                    export(out_dir / f"model_{m:g}min.safetensors")
+                    done_snapshots.add(m)
+            if step % config.checkpoint_every == 0:
+                save()
+        if count:
+            history.append([step, running / count, round(seconds, 2)])
+        save()
+        if out_dir is not None:
+            export(out_dir / MODEL_FILE)
+        result.interrupted = stop.requested
+    if bar is not None:
+        bar.close()
+    result.step, result.seconds, result.history = step, seconds, history
+    return result

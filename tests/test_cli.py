@@ -1,0 +1,56 @@
+"""The command line: train a tiny model, sample it to .npy and .png, inspect it, refuse bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ddpm_lib.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--preset", "tiny", "--steps", "20", "--out-dir", str(out), "--no-progress",
+                 "--export", str(out / "tiny.safetensors")]) == 0
+    return out / "tiny.safetensors"
+
+
+def test_sample_npy_round_trip(tiny_checkpoint, tmp_path):
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    for path in (a, b):
+        assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "5", "--seed", "3",
+                     "--out", str(path)]) == 0
+    x = np.load(a)
+    assert x.shape == (5, 28, 28) and x.dtype == np.uint8
+    assert np.array_equal(x, np.load(b)), "the same seed must give the same samples"
+
+
+def test_sample_png(tiny_checkpoint, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "4", "--sampler", "ddim",
+                 "--steps", "10", "--out", str(out)]) == 0
+    img = Image.open(out)
+    assert img.size[0] >= 2 * 28 and img.size[1] >= 2 * 28
+
+
+def test_info_as_subprocess(tiny_checkpoint):
+    proc = subprocess.run([sys.executable, "-m", "ddpm_lib", "info", "--checkpoint", str(tiny_checkpoint)],
+                          capture_output=True, text=True, check=True)
+    info = json.loads(proc.stdout)
+    assert info["schedule"] == {"kind": "linear", "T": 100}
+    assert info["info"]["step"] == 20
+
+
+def test_bad_requests_fail_clearly(tiny_checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="must end in .png"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.jpg")])
+    with pytest.raises(SystemExit, match="for 50 steps use --sampler ddim"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--steps", "50", "--out", str(tmp_path / "x.npy")])
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    assert main(["info", "--checkpoint", str(broken)]) == 1
+    assert "corrupt" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""The reverse process (Algorithm 2) and DDIM, checked against hand computations."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from ddpm_lib.models import ModelConfig, build_model
+from ddpm_lib.sampling import ddim_sample, ddim_timesteps, ddpm_sample, p_sample
+from ddpm_lib.schedule import make_schedule
+
+
+class ConstantEps(nn.Module):
+    """A stand-in for eps_theta that always predicts the same noise value."""
+
+    def __init__(self, value: float, T: int, size: int = 2):
+        super().__init__()
+        self.value = value
+        self.config = ModelConfig(image_size=size, channel_mults=(1,), num_timesteps=T)
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t):
+        return torch.full_like(x, self.value)
+
+
+@pytest.mark.parametrize("variance", ["beta", "beta_tilde", "none"])
+def test_p_sample_matches_hand_computation(variance):
+    s = make_schedule("linear", 1000)
+    model = ConstantEps(0.25, 1000)
+    x_t = torch.tensor([0.5, -1.0]).view(2, 1, 1, 1).expand(2, 1, 2, 2).contiguous()
+    z = torch.full_like(x_t, -0.3)
+    t = torch.tensor([600, 600])
+    out = p_sample(model, s, x_t, t, noise=z, variance=variance)
+    beta = 1e-4 + (0.02 - 1e-4) * 600 / 999
+    alpha_bar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / 999) for i in range(601))
+    alpha_bar_prev = alpha_bar / (1 - beta)
+    sigma2 = {"beta": beta, "beta_tilde": (1 - alpha_bar_prev) / (1 - alpha_bar) * beta, "none": 0.0}[variance]
+    for i, x in enumerate([0.5, -1.0]):
+        mean = (x - beta / math.sqrt(1 - alpha_bar) * 0.25) / math.sqrt(1 - beta)
+        expected = mean + math.sqrt(sigma2) * -0.3
+        assert torch.allclose(out[i], torch.full((1, 2, 2), expected), atol=1e-6)
+
+
+def test_last_step_adds_no_noise():
+    s = make_schedule("linear", 10)
+    model = ConstantEps(0.0, 10)
+    x = torch.ones(2, 1, 2, 2)
+    a = p_sample(model, s, x, torch.tensor([0, 0]), noise=torch.full_like(x, 5.0))
+    b = p_sample(model, s, x, torch.tensor([0, 0]), noise=torch.zeros_like(x))
+    assert torch.equal(a, b)
+
+
+def test_ddpm_sample_is_deterministic_given_seed():
+    torch.manual_seed(0)
+    m = build_model(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=20)
+    s = make_schedule("linear", 20)
+    a = ddpm_sample(m, s, 3, seed=7)
+    b = ddpm_sample(m, s, 3, seed=7)
+    c = ddpm_sample(m, s, 3, seed=8)
+    assert a.shape == (3, 1, 28, 28)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    x0, traj = ddpm_sample(m, s, 2, seed=7, record_every=5)
+    assert [t for t, _ in traj] == [20, 15, 10, 5, 0]
+    assert torch.equal(traj[-1][1], x0)
+
+
+def test_sample_with_exact_eps_recovers_data():
+    """With eps_theta equal to the true noise of a single data point x0 = c, Algorithm 2 with
+    sigma = 0 and the true-eps model lands exactly on c (a sanity check of the update)."""
+    s = make_schedule("linear", 50)
+    c = 0.4
+
+    class TrueEps(ConstantEps):
+        def forward(self, x, t):
+            ab = s.alpha_bars[t].float().view(-1, 1, 1, 1)
+            return (x - ab.sqrt() * c) / (1 - ab).sqrt()
+
+    x0 = ddpm_sample(TrueEps(0.0, 50), s, 4, seed=0, variance="none")
+    assert torch.allclose(x0, torch.full_like(x0, c), atol=1e-4)
+
+
+def test_ddim_eta1_all_steps_is_ddpm_with_beta_tilde():
+    torch.manual_seed(0)
+    m = build_model(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=30)
+    s = make_schedule("linear", 30)
+    a = ddpm_sample(m, s, 2, seed=3, variance="beta_tilde")
+    b = ddim_sample(m, s, 2, steps=30, eta=1.0, seed=3)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_ddim_timesteps():
+    tau = ddim_timesteps(1000, 50)
+    assert len(tau) == 50 and int(tau[0]) == 0 and int(tau[-1]) == 999
+    assert bool((tau[1:] > tau[:-1]).all())
+    with pytest.raises(ValueError, match="between 1 and T=1000"):
+        ddim_timesteps(1000, 0)
+
+
+def test_sampler_rejects_mismatched_schedule_and_bad_variance():
+    m = build_model(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, num_timesteps=100)
+    with pytest.raises(ValueError, match="T=100 timesteps but the schedule has T=1000"):
+        ddpm_sample(m, make_schedule("linear", 1000), 1)
+    with pytest.raises(ValueError, match="unknown variance 'large'"):
+        ddpm_sample(m, make_schedule("linear", 100), 1, variance="large")

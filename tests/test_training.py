@@ -1,0 +1,142 @@
+"""Training (Algorithm 1): exact resume after an interruption, atomic checkpoints, NaN stops."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ddpm_lib.checkpoint import load_checkpoint, read_tensors
+from ddpm_lib.models import ModelConfig
+from ddpm_lib.schedule import make_schedule
+from ddpm_lib.training import STATE_FILE, TrainConfig, diffusion_loss, ema_decay_at, train
+
+TINY = ModelConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=50)
+SCHEDULE = make_schedule("linear", 50)
+
+
+def tiny_data(n=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
+
+
+def config(steps, **kw):
+    return TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=3, checkpoint_every=2, log_every=1, **kw)
+
+
+def assert_same_weights(a, b):
+    for (k, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), k
+
+
+def test_loss_is_l_simple():
+    torch.manual_seed(0)
+    from ddpm_lib.models import build_model
+
+    m = build_model(TINY)
+    x0, noise, t = tiny_data(4), torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 49])
+    x_t = SCHEDULE.q_sample(x0, t, noise)
+    assert torch.allclose(diffusion_loss(m, SCHEDULE, x0, t, noise), ((m(x_t, t) - noise) ** 2).mean())
+
+
+def test_ema_warmup():
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_training_lowers_the_loss(tmp_path):
+    result = train(TINY, SCHEDULE, config(60, seed=1), tiny_data(256), tmp_path, progress=False)
+    first = sum(l for _, l, _ in result.history[:5]) / 5
+    last = sum(l for _, l, _ in result.history[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    ckpt = load_checkpoint(tmp_path / "model.safetensors")  # the exported EMA model
+    assert_same_weights(ckpt.model, result.ema_model)
+    assert ckpt.info["step"] == 60
+
+
+def test_resume_gives_the_same_model(tmp_path):
+    data = tiny_data()
+    full = train(TINY, SCHEDULE, config(10), data, tmp_path / "a", progress=False)
+    train(TINY, SCHEDULE, config(6), data, tmp_path / "b", progress=False)      # "interrupted" after 6 steps
+    resumed = train(TINY, SCHEDULE, config(10), data, tmp_path / "b", progress=False)
+    assert resumed.step == 10
+    assert_same_weights(full.model, resumed.model)
+    assert_same_weights(full.ema_model, resumed.ema_model)
+
+
+def test_resume_refuses_a_different_recipe(tmp_path):
+    train(TINY, SCHEDULE, config(2), tiny_data(), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different model, schedule or recipe"):
+        train(TINY, SCHEDULE, config(4, seed=5), tiny_data(), tmp_path, progress=False)
+
+
+SCRIPT = """
+import sys, torch
+from ddpm_lib.models import ModelConfig
+from ddpm_lib.schedule import make_schedule
+from ddpm_lib.training import TrainConfig, train
+out, steps = sys.argv[1], int(sys.argv[2])
+g = torch.Generator().manual_seed(0)
+data = torch.rand(128, 1, 28, 28, generator=g) * 2 - 1
+cfg = ModelConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=50)
+train(cfg, make_schedule("linear", 50), TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup_steps=3,
+      checkpoint_every=2, log_every=1), data, out, progress=False)
+print("done", flush=True)
+"""
+
+
+def _start(out, steps):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(out), str(steps)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_state(out, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not (out / STATE_FILE).exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "no training state appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killed_run_resumes_to_the_same_model(tmp_path, sig):
+    """Kill a training process mid-run (gracefully or with SIGKILL): the checkpoint on disk is
+    always readable, and resuming reaches the same weights as a run that was never interrupted."""
+    steps = 40
+    proc = _start(tmp_path / "killed", steps)
+    _wait_for_state(tmp_path / "killed", proc)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    _, meta = read_tensors(tmp_path / "killed" / STATE_FILE)  # never corrupt
+    assert meta["step"] < steps, "the run finished before it was killed; nothing was tested"
+    assert not list((tmp_path / "killed").glob(".*.tmp")), "a temporary file was left behind"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0  # a graceful stop that saved its state
+
+    for out in ("killed", "clean"):
+        p = _start(tmp_path / out, steps)
+        assert p.wait(timeout=300) == 0, p.stdout.read()
+    a = load_checkpoint(tmp_path / "killed" / "model.safetensors").model
+    b = load_checkpoint(tmp_path / "clean" / "model.safetensors").model
+    assert_same_weights(a, b)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_state(tmp_path):
+    data = tiny_data()
+    train(TINY, SCHEDULE, config(4), data, tmp_path, progress=False)
+    good = (tmp_path / STATE_FILE).read_bytes()
+    bad = data.clone()
+    bad[:] = float("nan")
+    with pytest.raises(FloatingPointError, match="at step 5; training stopped"):
+        train(TINY, SCHEDULE, config(8), bad, tmp_path, progress=False)
+    assert (tmp_path / STATE_FILE).read_bytes() == good
+
+
+def test_bad_training_data_shape(tmp_path):
+    with pytest.raises(ValueError, match=r"shape \(N, 1, 28, 28\)"):
+        train(TINY, SCHEDULE, config(2), torch.zeros(64, 28, 28), tmp_path, progress=False)
