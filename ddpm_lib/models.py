@@ -92,9 +92,9 @@ class _Base(nn.Module):
         c = self.config
         expected = (c.image_channels, c.image_size, c.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            hint = "; add the channel axis with x.unsqueeze(1)" if x.dim() == 3 else ""
             raise ValueError(
-                f"expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), "
-                f"got {tuple(x.shape)}; add a channel axis with x.unsqueeze(1) if you have (B, H, W)"
+                f"expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}{hint}"
             )
         if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
             raise TypeError("timesteps must be an integer tensor of shape (B,)")

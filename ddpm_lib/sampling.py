@@ -40,9 +40,8 @@ def p_mean(model: nn.Module, schedule: DiffusionSchedule, x_t: torch.Tensor, t: 
     """mu_theta(x_t, t) = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-alpha_bar_t) eps_theta(x_t, t)) (Eq. 11)."""
     t = schedule.check_timesteps(t, batch=x_t.shape[0])
     eps = model(x_t, t).to(x_t.dtype)
-    beta = _extract(schedule.betas, t, x_t)
-    ab = _extract(schedule.alpha_bars, t, x_t)
-    return (x_t - beta / torch.sqrt(1.0 - ab) * eps) / torch.sqrt(1.0 - beta)
+    eps_coef = _extract(schedule.betas / schedule.sqrt_one_minus_alpha_bars, t, x_t)  # float64, then cast
+    return (x_t - eps_coef * eps) * _extract(1.0 / torch.sqrt(schedule.alphas), t, x_t)
 
 
 @torch.no_grad()
@@ -127,7 +126,7 @@ def ddpm_sample(
             x = torch.randn((b, *image_shape), generator=generator).to(device)
             iterator = steps
             if progress:
-                from tqdm.auto import tqdm
+                from tqdm import tqdm
 
                 iterator = tqdm(steps, desc=f"sampling {start + b}/{n}", leave=False)
             record = record_every is not None and start == 0

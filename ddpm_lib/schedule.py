@@ -34,6 +34,11 @@ def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> to
     noise, and hence alpha_bar_T, stays close to the T=1000 schedule.
     """
     scale = 1000.0 / T
+    if scale * beta_end >= 1:
+        raise ValueError(
+            f"the linear schedule rescaled to T={T} would need beta_T = {scale * beta_end:g} >= 1; "
+            f"use T > {int(1000 * beta_end)} or the cosine schedule"
+        )
     return torch.linspace(scale * beta_start, scale * beta_end, T, dtype=torch.float64)
 
 
@@ -57,7 +62,7 @@ def _extract(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Te
     return out.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DiffusionSchedule:
     """The quantities of the forward process for one beta schedule.
 
@@ -103,6 +108,24 @@ class DiffusionSchedule:
         return (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars) * self.betas
 
     @cached_property
+    def sqrt_alpha_bars(self) -> torch.Tensor:
+        return torch.sqrt(self.alpha_bars)
+
+    @cached_property
+    def sqrt_one_minus_alpha_bars(self) -> torch.Tensor:
+        return torch.sqrt(1.0 - self.alpha_bars)
+
+    @cached_property
+    def posterior_mean_coef_x0(self) -> torch.Tensor:
+        """sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t), the weight of x_0 in mu_tilde (Eq. 7)."""
+        return torch.sqrt(self.alpha_bars_prev) * self.betas / (1.0 - self.alpha_bars)
+
+    @cached_property
+    def posterior_mean_coef_xt(self) -> torch.Tensor:
+        """sqrt(alpha_t) (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t), the weight of x_t in mu_tilde (Eq. 7)."""
+        return torch.sqrt(self.alphas) * (1.0 - self.alpha_bars_prev) / (1.0 - self.alpha_bars)
+
+    @cached_property
     def snr(self) -> torch.Tensor:
         """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) of q(x_t | x_0)."""
         return self.alpha_bars / (1.0 - self.alpha_bars)
@@ -146,16 +169,15 @@ class DiffusionSchedule:
         t = self.check_timesteps(t, batch=x0.shape[0])
         if noise is None:
             noise = torch.randn_like(x0)
-        ab = _extract(self.alpha_bars, t, x0)
-        return torch.sqrt(ab) * x0 + torch.sqrt(1.0 - ab) * noise
+        # coefficients are computed in float64 and only then cast to x's dtype
+        return _extract(self.sqrt_alpha_bars, t, x0) * x0 + _extract(self.sqrt_one_minus_alpha_bars, t, x0) * noise
 
     add_noise = q_sample
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Invert Eq. 4 for x_0 given the noise: x_0 = (x_t - sqrt(1-alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
         t = self.check_timesteps(t, batch=x_t.shape[0])
-        ab = _extract(self.alpha_bars, t, x_t)
-        return (x_t - torch.sqrt(1.0 - ab) * eps) / torch.sqrt(ab)
+        return (x_t - _extract(self.sqrt_one_minus_alpha_bars, t, x_t) * eps) / _extract(self.sqrt_alpha_bars, t, x_t)
 
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean and variance of the posterior q(x_{t-1} | x_t, x_0) (Eqs. 6-7).
@@ -166,13 +188,7 @@ class DiffusionSchedule:
         Returns ``(mean, variance)``, the variance shaped to broadcast over x.
         """
         t = self.check_timesteps(t, batch=x_t.shape[0])
-        ab = _extract(self.alpha_bars, t, x_t)
-        ab_prev = _extract(self.alpha_bars_prev, t, x_t)
-        beta = _extract(self.betas, t, x_t)
-        alpha = 1.0 - beta
-        coef_x0 = torch.sqrt(ab_prev) * beta / (1.0 - ab)
-        coef_xt = torch.sqrt(alpha) * (1.0 - ab_prev) / (1.0 - ab)
-        mean = coef_x0 * x0 + coef_xt * x_t
+        mean = _extract(self.posterior_mean_coef_x0, t, x_t) * x0 + _extract(self.posterior_mean_coef_xt, t, x_t) * x_t
         return mean, _extract(self.posterior_variance, t, x_t)
 
 

@@ -109,7 +109,7 @@ def test_timestep_out_of_range_is_rejected(bad):
 
 
 def test_timesteps_must_be_integers_one_per_image():
-    s = make_schedule("linear", 10)
+    s = make_schedule("cosine", 10)
     with pytest.raises(TypeError, match="integer"):
         s.q_sample(torch.zeros(2, 1, 2, 2), torch.tensor([0.5, 1.0]))
     with pytest.raises(ValueError, match="one per image"):
