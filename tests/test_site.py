@@ -313,7 +313,7 @@ def test_page_in_browser(visit, docname):
              const errors = Array.from(document.querySelectorAll('mjx-merror'))
                                  .map(e => e.getAttribute('data-mjx-error') || e.textContent);
              const main = (document.querySelector('main') || document.body).cloneNode(true);
-             main.querySelectorAll('pre, code, script, style, mjx-container, .math')
+             main.querySelectorAll('pre, code, script, style, mjx-container, .math, .onlyprint')
                  .forEach(e => e.remove());
              return {count: document.querySelectorAll('mjx-container').length, n: els.length,
                      untypeset, errors, text: main.textContent};
@@ -330,10 +330,17 @@ def test_page_in_browser(visit, docname):
     problems += [f"image without alt text or caption: {src}" for src in no_alt]
     problems += [f"equation not typeset: {t!r}" for t in math["untypeset"]]
     problems += [f"MathJax error: {t!r}" for t in math["errors"]]
-    for raw in ("$$", "\\begin{", "\\("):
+    for raw in ("$$", "\\begin{", "\\(", "\\["):
         if raw in math["text"]:
             i = math["text"].index(raw)
             problems.append(f"raw TeX {raw!r} in the text: ...{math['text'][max(0, i - 40):i + 60]!r}")
+    # a TeX command outside maths and code: e.g. the text of a {ref} to a title with maths
+    for m in re.finditer(r"\\[A-Za-z]{2,}", math["text"]):
+        problems.append(
+            f"raw TeX {m.group()!r} in the text: ...{math['text'][max(0, m.start() - 60):m.end() + 20]!r}"
+            " (a {ref} to a title with maths shows the TeX: give the link its own text, "
+            "{ref}`words <label>`)"
+        )
     if math["n"]:
         assert math["count"] > 0
     assert not problems, f"{docname}:\n  " + "\n  ".join(problems)

@@ -1,0 +1,100 @@
+# Build, test and clean the DDPM book.
+#
+#   make book    build the static site into book/_build/html (the main command)
+#   make test    build the site, then run every test (library, notebooks, browser)
+#   make clean   remove what the build made (not .venv; `make distclean` does)
+#
+# Everything runs with the project's virtual environment, .venv/.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The notebooks' kernel ("python3") runs `python` from PATH: make it the venv's.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONDONTWRITEBYTECODE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+VENV_STAMP := $(VENV)/.installed-ddpm-lib
+
+NOTEBOOK_SOURCES := $(wildcard notebooks/*.md)
+
+MATHJAX_VERSION := 3.2.2
+MATHJAX_DIR     := book/_static/mathjax
+MATHJAX_STAMP   := $(MATHJAX_DIR)/.mathjax-$(MATHJAX_VERSION)
+# What the site needs from the package: the TeX -> CommonHTML component, its
+# fonts, and the pieces it loads on demand (TeX extensions, menu, accessibility).
+MATHJAX_PARTS   := tex-chtml.js input output/chtml.js output/chtml a11y ui sre adaptors
+
+BOOK_HTML := book/_build/html
+JB_FLAGS  := -W -n --keep-going --all
+
+PYTEST_ARGS ?=
+
+.PHONY: help venv data notebooks mathjax book test clean distclean
+
+help:
+	@echo "make book    build the site (book/_build/html)"
+	@echo "make test    build the site and run all tests"
+	@echo "make venv | data | notebooks | mathjax | clean | distclean"
+
+## venv: create .venv if missing and install the project with all extras.
+## Re-runs pip only when pyproject.toml changed since the last install.
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -e ".[notebooks,book,test]"
+	@touch $@
+
+## data: MNIST into ~/.cache/ddpm_lib/data (or $DDPM_DATA_DIR), checksummed.
+data: venv
+	$(BIN)/python -c "from ddpm_lib.data import ensure_mnist; ensure_mnist()"
+
+## notebooks: generate (or refresh) notebooks/*.ipynb from the MyST sources.
+notebooks: venv
+ifneq ($(strip $(NOTEBOOK_SOURCES)),)
+	$(BIN)/jupytext --sync $(NOTEBOOK_SOURCES)
+else
+	@echo "no notebooks/*.md yet"
+endif
+
+## mathjax: unpack MathJax 3 from the npm registry into book/_static/mathjax
+## (gitignored), so that the site typesets maths with no internet.
+mathjax: $(MATHJAX_STAMP)
+
+$(MATHJAX_STAMP):
+	@command -v npm >/dev/null || { echo "npm is needed to fetch MathJax (apt-get install npm)" >&2; exit 1; }
+	rm -rf $(MATHJAX_DIR)
+	mkdir -p $(MATHJAX_DIR)
+	set -e; tmp=$$(mktemp -d); \
+	  trap 'rm -rf "$$tmp"' EXIT; \
+	  (cd "$$tmp" && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null); \
+	  tar -xzf "$$tmp"/mathjax-$(MATHJAX_VERSION).tgz -C $(MATHJAX_DIR) --strip-components=2 \
+	    $(addprefix package/es5/,$(MATHJAX_PARTS)); \
+	  test -f $(MATHJAX_DIR)/tex-chtml.js; \
+	  test -d $(MATHJAX_DIR)/output/chtml/fonts/woff-v2
+	@touch $@
+
+## book: THE main command. Runs every chapter (cached), fails on any cell error
+## or Sphinx warning, and writes the site to book/_build/html.
+book: venv data notebooks mathjax
+	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml \
+	  --path-output book $(JB_FLAGS)
+	@echo
+	@echo "The book is in $(BOOK_HTML)/index.html"
+	@echo "To read it:  $(PYTHON) -m http.server -d $(BOOK_HTML) 8000"
+	@echo "             then open http://127.0.0.1:8000/"
+
+## test: everything, in one pytest run: library tests, the site in a real
+## browser (tests/), and every notebook with nbval.
+test: book
+	$(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax $(PYTEST_ARGS)
+
+clean:
+	rm -rf book/_build $(MATHJAX_DIR) artifacts/screenshots .pytest_cache
+	@# only the .ipynb that jupytext generated from a .md source
+	@for md in $(NOTEBOOK_SOURCES); do rm -f "$${md%.md}.ipynb"; done
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
