@@ -87,7 +87,10 @@ book: venv data notebooks mathjax
 
 ## test: everything, in one pytest run: library tests, the site in a real
 ## browser (tests/), and every notebook with nbval.
+## The .ipynb get the site build's outputs first, so that nbval compares every
+## cell marked `# NBVAL_CHECK_OUTPUT` with what the site shows.
 test: book
+	$(BIN)/python tests/nbval_reference.py
 	$(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax $(PYTEST_ARGS)
 
 clean:
