@@ -1,0 +1,242 @@
+"""Tests for ddpm_lib.metrics: the Fréchet distance, the shipped MNIST classifier and
+evaluate_samples (an MNIST analogue of FID, Heusel et al. 2017)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddpm_lib import metrics
+from ddpm_lib.data import load_mnist
+from ddpm_lib.metrics import (
+    ClassifierCheckpointError,
+    frechet_distance,
+    frechet_distance_from_stats,
+    gaussian_stats,
+)
+
+
+# ---------------------------------------------------------------- Fréchet distance
+
+
+def _gaussian(n, mu, std, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, len(mu), generator=g, dtype=torch.float64) * torch.as_tensor(std) + torch.as_tensor(mu)
+
+
+def test_fd_closed_form_diagonal():
+    # For diagonal covariances FD = |mu_a - mu_b|^2 + sum_i (s_a,i - s_b,i)^2 (s = std devs)
+    mu_a, mu_b = torch.tensor([0.0, 1.0, -2.0, 0.5]), torch.tensor([1.0, 1.0, 0.0, -0.5])
+    s_a, s_b = torch.tensor([1.0, 2.0, 0.5, 3.0]), torch.tensor([2.0, 0.5, 0.5, 1.0])
+    expected = float(((mu_a - mu_b) ** 2).sum() + ((s_a - s_b) ** 2).sum())
+    got = frechet_distance_from_stats(mu_a, torch.diag(s_a**2), mu_b, torch.diag(s_b**2))
+    assert got == pytest.approx(expected, rel=1e-10)
+    # and estimated from samples
+    a, b = _gaussian(100_000, mu_a, s_a, 0), _gaussian(100_000, mu_b, s_b, 1)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
+
+
+def test_fd_closed_form_general_covariances():
+    # Tr((S_a^1/2 S_b S_a^1/2)^1/2) = sum sqrt(eig(S_a S_b)); check against that independent route
+    g = torch.Generator().manual_seed(0)
+    d = 6
+    A, B = torch.randn(d, d, generator=g, dtype=torch.float64), torch.randn(d, d, generator=g, dtype=torch.float64)
+    sa, sb = A @ A.T + 0.1 * torch.eye(d, dtype=torch.float64), B @ B.T
+    mu_a, mu_b = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    tr_sqrt = torch.linalg.eigvals(sa @ sb).real.clamp(min=0).sqrt().sum()
+    expected = float(((mu_a - mu_b) ** 2).sum() + torch.trace(sa) + torch.trace(sb) - 2 * tr_sqrt)
+    assert frechet_distance_from_stats(mu_a, sa, mu_b, sb) == pytest.approx(expected, rel=1e-8)
+    assert frechet_distance_from_stats(mu_b, sb, mu_a, sa) == pytest.approx(expected, rel=1e-8)
+
+
+def test_fd_properties():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(500, 16, generator=g)
+    b = torch.randn(700, 16, generator=g) * 1.3 + 0.2
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-8)
+    assert frechet_distance(a, a + 1.0) == pytest.approx(16.0, rel=1e-8)  # pure shift: |mu diff|^2
+    assert frechet_distance(a, b) > 0.5
+    # rank-deficient covariances (fewer samples than dimensions, dead ReLU features) are fine
+    c = torch.cat([torch.randn(10, 8, generator=g), torch.zeros(10, 8)], 1)
+    assert frechet_distance(c, c) == pytest.approx(0.0, abs=1e-8)
+    assert math.isfinite(frechet_distance(c, torch.randn(10, 16, generator=g)))
+
+
+def test_gaussian_stats_unbiased():
+    x = torch.tensor([[1.0, 2.0], [3.0, 0.0], [5.0, 7.0]])
+    mu, sigma = gaussian_stats(x)
+    assert mu.dtype == torch.float64
+    torch.testing.assert_close(sigma, torch.cov(x.T).double())
+    with pytest.raises(ValueError):
+        gaussian_stats(torch.zeros(1, 3))
+
+
+# ---------------------------------------------------------------- the shipped classifier
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    path = metrics.shipped_classifier_path()
+    assert path.exists(), f"the shipped classifier {path} is missing"
+    return metrics.load_classifier(path, train_if_missing=False)
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_mnist("test")
+
+
+def test_shipped_classifier_metadata(classifier):
+    from safetensors import safe_open
+
+    assert classifier.test_accuracy >= 0.99
+    with safe_open(str(metrics.shipped_classifier_path()), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format"] == metrics.CHECKPOINT_FORMAT
+    assert float(meta["test_accuracy"]) >= 0.99
+    assert int(meta["seed"]) == 0
+    assert metrics.ClassifierConfig.from_dict(json.loads(meta["config"])).feature_dim == 128
+    assert not classifier.training
+
+
+def test_shipped_classifier_accuracy(classifier, test_set):
+    probs = metrics.class_probabilities(test_set.images, classifier)
+    acc = float((probs.argmax(1) == test_set.labels).double().mean())
+    assert acc >= 0.99
+    assert acc == pytest.approx(classifier.test_accuracy, abs=2e-4)  # fp32 eval reproduces the stored figure
+
+
+def test_features_and_histogram(classifier, test_set):
+    x8 = test_set.images[:64]
+    f = metrics.features(x8, classifier)
+    assert f.shape == (64, 128) and f.dtype == torch.float32
+    # uint8 and [-1, 1] float inputs give the same features
+    torch.testing.assert_close(metrics.features(test_set.as_model_input()[:64], classifier), f)
+    hist = metrics.digit_histogram(x8, classifier)
+    assert len(hist["counts"]) == 10 and sum(hist["counts"]) == 64
+    assert sum(hist["fractions"]) == pytest.approx(1.0)
+    assert 0.9 < metrics.mean_confidence(x8, classifier) <= 1.0
+    with pytest.raises(ValueError):
+        metrics.features(torch.zeros(4, 1, 32, 32), classifier)
+
+
+def _blur(x: torch.Tensor, k: int = 5) -> torch.Tensor:
+    return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+
+
+def test_evaluate_samples(classifier, test_set):
+    n = 1000
+    idx = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(1))[:n]
+    real = test_set.as_model_input()[idx]
+    res = metrics.evaluate_samples(real, classifier=classifier)
+    json.dumps(res)  # JSON-serialisable
+    assert res["n"] == n and res["n_floor"] == n
+    assert sum(res["digit_counts"]) == n
+    assert res["fd_floor"] > 0
+    assert res["fd_ratio"] < 1.5
+    assert res["mean_confidence"] > 0.97
+    assert 0.05 < res["min_fraction"] <= res["max_fraction"] < 0.15
+    assert res["classifier_test_accuracy"] >= 0.99
+
+    noise = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    res_noise = metrics.evaluate_samples(noise, classifier=classifier)
+    assert res_noise["fd_floor"] == pytest.approx(res["fd_floor"])  # same n and seed: same floor
+    assert res_noise["fd"] > 20 * res["fd_floor"]
+
+    res_blur = metrics.evaluate_samples(_blur(real), classifier=classifier)
+    assert res_blur["fd"] > 5 * res["fd_floor"]
+    assert res_blur["fd"] > 3 * res["fd"]
+
+    # uint8 input and a different floor sample size
+    res8 = metrics.evaluate_samples(test_set.images[idx[:200]], n_floor=n, classifier=classifier)
+    assert res8["n"] == 200 and res8["fd_floor"] == pytest.approx(res["fd_floor"])
+
+
+# ---------------------------------------------------------------- checkpoint files
+
+
+def _tiny_classifier():
+    torch.manual_seed(0)
+    model = metrics.MNISTClassifier(metrics.ClassifierConfig(channels=(4, 8), feature_dim=16))
+    return model.eval()
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = _tiny_classifier()
+    path = tmp_path / "clf.safetensors"
+    metrics.save_classifier(model, path, {"test_accuracy": 0.5, "seed": 3})
+    assert path.read_bytes()[:8]  # a file was written, and no temporary files were left behind
+    assert [p.name for p in tmp_path.iterdir()] == ["clf.safetensors"]
+    loaded = metrics.load_classifier(path, train_if_missing=False)
+    assert loaded.test_accuracy == 0.5 and loaded.metadata["seed"] == 3
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "bitflip"])
+def test_corrupt_checkpoint_error(tmp_path, damage):
+    path = tmp_path / "clf.safetensors"
+    metrics.save_classifier(_tiny_classifier(), path, {"test_accuracy": 0.5, "seed": 0})
+    data = bytearray(path.read_bytes())
+    if damage == "garbage":
+        data = b"this is not a safetensors file"
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[-5] ^= 0xFF  # flip bits in the last weight tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(ClassifierCheckpointError, match="corrupt") as err:
+        metrics.load_classifier(path, train_if_missing=False)
+    msg = str(err.value)
+    assert str(path) in msg and "Delete it" in msg and "train-classifier" in msg
+
+
+def test_missing_checkpoint_without_training(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        metrics.load_classifier(tmp_path / "nope.safetensors", train_if_missing=False)
+
+
+def _fake_training(calls):
+    def fake(seed=0, config=None, verbose=True):
+        calls.append(seed)
+        return _tiny_classifier(), {"test_accuracy": 0.25, "seed": seed, "train_seconds": 0.0}
+
+    return fake
+
+
+def test_missing_checkpoint_is_trained_and_cached(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(metrics, "train_classifier", _fake_training(calls))
+    path = tmp_path / "sub" / "clf.safetensors"
+    model = metrics.load_classifier(path, seed=7)
+    assert calls == [7] and path.exists() and model.test_accuracy == 0.25
+    assert "training it now" in capsys.readouterr().out
+    metrics.load_classifier(path)  # second time: loaded, not retrained
+    assert calls == [7]
+
+
+def test_default_path_falls_back_to_cache_dir(tmp_path, monkeypatch):
+    # a shipped location outside a source checkout (no pyproject.toml next to it) is not written to
+    calls = []
+    monkeypatch.setattr(metrics, "train_classifier", _fake_training(calls))
+    monkeypatch.setattr(metrics, "shipped_classifier_path", lambda: tmp_path / "pkg" / "checkpoints" / "c.safetensors")
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
+    model = metrics.load_classifier()
+    assert calls == [0]
+    assert (tmp_path / "cache" / metrics.CHECKPOINT_NAME).exists()
+    assert not (tmp_path / "pkg").exists()
+    assert model.metadata["path"] == str((tmp_path / "cache" / metrics.CHECKPOINT_NAME).resolve())
+
+
+def test_cli_train_classifier(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(metrics, "train_classifier", _fake_training(calls))
+    out = tmp_path / "cli.safetensors"
+    assert metrics.main(["train-classifier", "--out", str(out), "--seed", "5"]) == 0
+    assert calls == [5] and out.exists()
+    assert "test accuracy: 0.2500" in capsys.readouterr().out
