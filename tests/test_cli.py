@@ -54,3 +54,15 @@ def test_bad_requests_fail_clearly(tiny_checkpoint, tmp_path, capsys):
     broken.write_bytes(b"not a checkpoint")
     assert main(["info", "--checkpoint", str(broken)]) == 1
     assert "corrupt" in capsys.readouterr().err
+
+
+def test_evaluate_prints_json_with_the_floor(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--n", "20", "--sampler", "ddim",
+                 "--steps", "5", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    assert report["n"] == 20 and report["sampler"] == "ddim" and report["steps"] == 5
+    assert report["fd"] > 0 and report["fd_floor"] > 0
+    assert report["fd_ratio"] == pytest.approx(report["fd"] / report["fd_floor"])
+    assert sum(report["digit_counts"]) == 20
