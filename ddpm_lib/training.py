@@ -172,6 +172,14 @@ def _save_state(path: Path, model, ema_model, optimizer, generator, step, second
     save_tensors(path, tensors, metadata)
 
 
+# How long a run lasts and how often it saves may change between resumes; the rest of the recipe may not.
+_RUN_LENGTH_FIELDS = ("steps", "max_minutes", "snapshot_minutes", "checkpoint_every", "log_every")
+
+
+def _recipe(train_config: dict) -> dict:
+    return {k: v for k, v in train_config.items() if k not in _RUN_LENGTH_FIELDS}
+
+
 def _load_state(path: Path, model, ema_model, optimizer, generator, model_config, schedule, config):
     tensors, meta = read_tensors(path)
     if meta.get("kind") != "train_state":
@@ -179,8 +187,7 @@ def _load_state(path: Path, model, ema_model, optimizer, generator, model_config
     same = (
         meta["model_config"] == model_config.to_dict()
         and meta["schedule"] == schedule_to_dict(schedule)
-        and {k: v for k, v in meta["train_config"].items() if k not in ("steps", "max_minutes", "snapshot_minutes", "checkpoint_every", "log_every")}
-        == {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in ("steps", "max_minutes", "snapshot_minutes", "checkpoint_every", "log_every")}
+        and _recipe(meta["train_config"]) == _recipe(json.loads(json.dumps(asdict(config))))
     )
     if not same:
         raise CheckpointError(
