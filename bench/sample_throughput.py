@@ -27,18 +27,18 @@ def main():
     rows = []
     for name, bf16, cl in [("fp32 (baseline)", False, False), ("bf16 autocast", True, False),
                            ("fp32 channels_last", False, True), ("bf16 autocast + channels_last", True, True)]:
-        model = make_model(args.preset, channels_last=cl).eval()
+        model = make_model(args.preset, channels_last=cl, device=args.device).eval()
         fmt = torch.channels_last if cl else torch.contiguous_format
-        x = torch.randn(args.batch_size, 1, 28, 28).to(memory_format=fmt)
-        t = torch.full((args.batch_size,), schedule.T // 2)
+        x = torch.randn(args.batch_size, 1, 28, 28).to(args.device, memory_format=fmt)
+        t = torch.full((args.batch_size,), schedule.T // 2, device=args.device)
 
         def step():
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with torch.no_grad(), torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=bf16):
                 p_sample(model, schedule, x, t)
 
         rows.append((name, rate(step, args.batch_size, args.seconds)))
         print(f"  measured {name}", flush=True)
-    print(f"\nmachine: {machine()}\nmodel: preset {args.preset!r}, batch {args.batch_size}, T = {schedule.T}")
+    print(f"\nmachine: {machine(args.device)}\nmodel: preset {args.preset!r}, batch {args.batch_size}, T = {schedule.T}")
     print_table("sampling throughput (one reverse step per image)", "evals/s", rows,
                 ("images/s", lambda v: v / schedule.T))
 

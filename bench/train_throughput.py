@@ -1,6 +1,6 @@
 """Training throughput of the book's UNet, variants measured side by side in one run.
 
-    python bench/train_throughput.py [--preset shipped] [--batch-size 128] [--seconds 15] [--compile]
+    python bench/train_throughput.py [--preset shipped] [--batch-size B] [--seconds 15] [--compile] [--device cuda]
 
 Prints images/s for one training step (Algorithm 1: forward, L_simple, backward,
 Adam) with fp32 eager as the baseline, bf16 autocast, channels_last, both, and
@@ -21,16 +21,16 @@ from ddpm_lib.schedule import make_schedule
 from ddpm_lib.training import diffusion_loss
 
 
-def train_step_fn(model, schedule, batch_size, bf16, channels_last):
+def train_step_fn(model, schedule, batch_size, bf16, channels_last, device="cpu"):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x0 = (torch.rand(batch_size, 1, 28, 28, generator=g) * 2 - 1).to(memory_format=fmt)
-    t = torch.randint(0, schedule.T, (batch_size,), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
+    x0 = (torch.rand(batch_size, 1, 28, 28, generator=g) * 2 - 1).to(device, memory_format=fmt)
+    t = torch.randint(0, schedule.T, (batch_size,), generator=g).to(device)
+    noise = torch.randn(x0.shape, generator=g).to(device)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
             loss = diffusion_loss(model, schedule, x0, t, noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -51,6 +51,7 @@ def flops_per_image(preset: str, batch_size: int) -> float:
 def main():
     args = parser(__doc__.splitlines()[0]).parse_args()
     recipe = PRESETS[args.preset]
+    args.batch_size = args.batch_size or recipe.train.batch_size
     schedule = make_schedule(recipe.schedule, recipe.T)
     variants = [("fp32 eager (baseline)", False, False, False), ("bf16 autocast", True, False, False),
                 ("fp32 channels_last", False, True, False), ("bf16 autocast + channels_last", True, True, False)]
@@ -59,17 +60,17 @@ def main():
     flops = flops_per_image(args.preset, args.batch_size)
     rows = []
     for name, bf16, cl, compiled in variants:
-        model = make_model(args.preset, channels_last=cl)
+        model = make_model(args.preset, channels_last=cl, device=args.device)
         if compiled:
             model = torch.compile(model)
         try:
-            rows.append((name, rate(train_step_fn(model, schedule, args.batch_size, bf16, cl), args.batch_size,
-                                    args.seconds)))
+            rows.append((name, rate(train_step_fn(model, schedule, args.batch_size, bf16, cl, args.device),
+                                    args.batch_size, args.seconds)))
         except Exception as e:  # torch.compile needs a C++ toolchain; report instead of crashing
             print(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
         print(f"  measured {name}", flush=True)
     n_params = sum(p.numel() for p in make_model(args.preset).parameters())
-    print(f"\nmachine: {machine()}\nmodel: preset {args.preset!r}, {n_params:,} parameters, batch {args.batch_size}")
+    print(f"\nmachine: {machine(args.device)}\nmodel: preset {args.preset!r}, {n_params:,} parameters, batch {args.batch_size}")
     print(f"training FLOPs per image (forward + backward, counted by torch): {flops / 1e9:.3f} GFLOP")
     print_table("training throughput", "images/s", rows, ("GFLOP/s", lambda v: v * flops / 1e9))
 

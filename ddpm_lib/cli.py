@@ -25,6 +25,19 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network")
+    p.add_argument("--device", default="cpu", help="where the network runs: cpu (default), cuda, cuda:1, ...")
+
+
+def _device(name: str) -> torch.device:
+    """The torch device called ``name``, or a clear exit if this machine has none."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"--device {name!r} is not a device name ({e}); use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: this machine has no CUDA GPU that torch can use; leave --device out "
+                         "to run on the CPU")
+    return device
 
 
 def _draw(args) -> tuple[torch.Tensor, dict]:
@@ -33,6 +46,7 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
     from .sampling import ddim_sample, ddpm_sample
 
     ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
+    ckpt.model.to(_device(args.device))
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
     T = ckpt.schedule.T
@@ -48,12 +62,22 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
         x = ddim_sample(ckpt.model, ckpt.schedule, args.n, steps=steps, eta=args.eta, seed=args.seed,
                         batch_size=args.batch_size, autocast_bf16=args.bf16)
         desc = {"sampler": "ddim", "eta": args.eta, "steps": steps}
+    desc.update(train_step=ckpt.info.get("step"), train_seconds=ckpt.info.get("train_seconds"))
     return x, desc
 
 
-def cmd_sample(args) -> int:
+def _save_npy(images: torch.Tensor, path: Path) -> None:
+    """Write uint8 images (N, 28, 28) to a .npy file, atomically."""
+    import io
+
     from .checkpoint import atomic_write_bytes
-    from .data import from_model_range
+
+    buf = io.BytesIO()
+    np.save(buf, images.numpy())
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cmd_sample(args) -> int:
     from .viz import save_png
 
     out = Path(args.out)
@@ -64,22 +88,28 @@ def cmd_sample(args) -> int:
     if out.suffix == ".png":
         save_png(x, out, nrow=args.nrow or max(1, int(round(args.n ** 0.5))))
     else:
-        import io
+        from .data import from_model_range
 
-        buf = io.BytesIO()
-        np.save(buf, from_model_range(x).numpy())
-        atomic_write_bytes(out, buf.getvalue())
+        _save_npy(from_model_range(x), out)
     print(f"wrote {args.n} samples to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    from .data import from_model_range
     from .metrics import evaluate_samples
 
+    if args.samples_out and Path(args.samples_out).suffix != ".npy":
+        raise SystemExit(f"--samples-out must end in .npy, got {args.samples_out}")
     t0 = time.perf_counter()
     x, desc = _draw(args)
     sample_seconds = time.perf_counter() - t0
-    report = evaluate_samples(x, seed=args.seed)
+    # Score the samples as 8-bit images, like the real digits they are compared with and like a
+    # saved PNG: the report can then be reproduced exactly from the --samples-out file.
+    images = from_model_range(x)
+    if args.samples_out:
+        _save_npy(images, Path(args.samples_out))
+    report = evaluate_samples(images, seed=args.seed)
     report.update(desc)
     report["checkpoint"] = str(args.checkpoint or "shipped")
     report["sample_seconds"] = round(sample_seconds, 1)
@@ -116,7 +146,7 @@ def cmd_train(args) -> int:
     data = load_mnist("train", args.data_dir).as_model_input()
     wall0 = time.perf_counter()
     result = train(model_cfg, make_schedule(sched_kind, T), tc, data, out_dir, resume=not args.no_resume,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, device=_device(args.device))
     wall = time.perf_counter() - wall0
     state = "interrupted (resume with the same command)" if result.interrupted else "finished"
     print(f"{state} at step {result.step}: {result.seconds / 60:.1f} min of training in total, "
@@ -165,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.set_defaults(n=1000)
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.add_argument("--samples-out", default=None,
+                   help="also keep the scored samples, as a uint8 array (N, 28, 28) in this .npy file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model (Algorithm 1); resumes if the output folder has a state")
@@ -186,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["linear", "cosine"])
     p.add_argument("--T", type=int)
     p.add_argument("--data-dir", default=None, help="MNIST root (default $DDPM_DATA_DIR or ~/.cache/ddpm_lib/data)")
+    p.add_argument("--device", default="cpu", help="where the network trains: cpu (default), cuda, ...")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the folder has a training state")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)

@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 import weakref
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ._config import JSONConfig
 from .data import MNIST, load_mnist, to_model_range
 
 #: The value of the ``format`` metadata key of a classifier checkpoint.
@@ -93,7 +94,7 @@ class ClassifierCheckpointError(RuntimeError):
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(JSONConfig):
     """Architecture and training recipe of :class:`MNISTClassifier`; stored in the checkpoint."""
 
     channels: tuple = (32, 64)   # two conv blocks: conv3x3-BN-ReLU-maxpool2, 28 -> 14 -> 7
@@ -110,19 +111,6 @@ class ClassifierConfig:
         self.channels = tuple(int(c) for c in self.channels)
         if len(self.channels) != 2:
             raise ValueError(f"channels must have two entries (one per conv block), got {self.channels}")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClassifierConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown classifier config keys {sorted(unknown)}")
-        return cls(**d)
 
 
 class MNISTClassifier(nn.Module):

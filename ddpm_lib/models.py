@@ -18,11 +18,13 @@ what a checkpoint stores, so a checkpoint can rebuild its model exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from ._config import JSONConfig
 
 ARCHITECTURES = ("unet", "simple")
 
@@ -44,7 +46,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(JSONConfig):
     """Everything needed to rebuild a model; stored inside every checkpoint."""
 
     arch: str = "unet"               # "unet" (standard DDPM) or "simple" (the origin's design)
@@ -68,19 +70,6 @@ class ModelConfig:
                 f"image_size {self.image_size} is not divisible by {down}, which "
                 f"{len(self.channel_mults)} resolutions need; use fewer channel_mults"
             )
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channel_mults"] = list(self.channel_mults)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known keys: {sorted(known)}")
-        return cls(**d)
 
 
 class _Base(nn.Module):

@@ -23,8 +23,8 @@ class Recipe:
 
 _UNET = ModelConfig(arch="unet", base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                     attention=True, dropout=0.0, norm_groups=8, num_timesteps=1000)
-_SHIPPED_TRAIN = TrainConfig(steps=1_000_000, batch_size=128, lr=1e-3, warmup_steps=500, ema_decay=0.999,
-                             grad_clip=1.0, seed=0, bf16=True, checkpoint_every=500, log_every=50,
+_SHIPPED_TRAIN = TrainConfig(steps=1_000_000, batch_size=64, lr=1e-3, warmup_steps=500, ema_decay=0.999,
+                             grad_clip=1.0, seed=0, bf16=True, checkpoint_every=1000, log_every=50,
                              max_minutes=55.0, snapshot_minutes=(10.0,))
 
 PRESETS: dict[str, Recipe] = {

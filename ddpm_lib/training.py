@@ -98,8 +98,7 @@ def ema_decay_at(step: int, decay: float) -> float:
 @torch.no_grad()
 def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
     """theta_ema <- decay * theta_ema + (1 - decay) * theta; buffers (BatchNorm statistics) are copied."""
-    for e, p in zip(ema_model.parameters(), model.parameters()):
-        e.lerp_(p, 1.0 - decay)
+    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1.0 - decay)  # one fused update
     for e, b in zip(ema_model.buffers(), model.buffers()):
         e.copy_(b)
 
@@ -229,6 +228,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     callback: Callable[[int, float, "TrainResult"], None] | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Run Algorithm 1 on ``data`` (float images (N, C, H, W) in [-1, 1]).
 
@@ -237,6 +237,12 @@ def train(
     exported to ``out_dir/model.safetensors``; if a state is already there and
     ``resume`` is true, training continues from it. ``callback(step, loss,
     result)`` is called at every history entry (for live plots).
+
+    ``device`` (default the CPU) is where the network runs, e.g. ``"cuda"``.
+    The random draws (data order, t, eps) always come from the seeded CPU
+    generator and are then moved, so a run draws the same batches, t and
+    noise on every device; only the arithmetic differs (and dropout, which
+    draws from the device's own generator).
     """
     if data.dim() != 4 or data.shape[1:] != (model_config.image_channels, model_config.image_size, model_config.image_size):
         raise ValueError(
@@ -248,8 +254,9 @@ def train(
     if model_config.num_timesteps != schedule.T:
         raise ValueError(f"model_config.num_timesteps={model_config.num_timesteps} but the schedule has T={schedule.T}")
     out_dir = Path(out_dir) if out_dir is not None else None
+    device = torch.device(device or "cpu")
     torch.manual_seed(config.seed)
-    model = build_model(model_config)
+    model = build_model(model_config).to(device)
     ema_model = copy.deepcopy(model).eval()
     for p in ema_model.parameters():
         p.requires_grad_(False)
@@ -260,6 +267,11 @@ def train(
 
     step, seconds, history = 0, 0.0, []
     state_path = out_dir / STATE_FILE if out_dir is not None else None
+    if out_dir is not None and out_dir.is_dir():
+        # A run killed outright (SIGKILL, power loss) mid-save leaves its temporary file behind;
+        # the checkpoint itself is intact (atomic_write_bytes only renames complete files).
+        for stale in out_dir.glob(".*.safetensors.*.tmp"):
+            stale.unlink(missing_ok=True)
     if state_path is not None and state_path.exists() and resume:
         step, seconds, history = _load_state(state_path, model, ema_model, optimizer, generator,
                                              model_config, schedule, config)
@@ -297,12 +309,14 @@ def train(
                 epoch = step // per_epoch
                 perm = _epoch_permutation(n, config.seed, epoch)
             i = step % per_epoch
-            x0 = data[perm[i * config.batch_size:(i + 1) * config.batch_size]].to(memory_format=memory_format)
+            x0 = data[perm[i * config.batch_size:(i + 1) * config.batch_size]]
             t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)   # t ~ Uniform
             noise = torch.randn(x0.shape, generator=generator)                      # eps ~ N(0, I)
+            x0, t, noise = (v.to(device, non_blocking=True) for v in (x0, t, noise))
+            x0 = x0.contiguous(memory_format=memory_format)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 loss = diffusion_loss(model, schedule, x0, t, noise)
             if not torch.isfinite(loss):
                 raise FloatingPointError(

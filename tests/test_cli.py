@@ -57,12 +57,32 @@ def test_bad_requests_fail_clearly(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_evaluate_prints_json_with_the_floor(tiny_checkpoint, tmp_path, capsys):
-    out = tmp_path / "eval.json"
+    out, kept = tmp_path / "eval.json", tmp_path / "samples.npy"
     assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--n", "20", "--sampler", "ddim",
-                 "--steps", "5", "--out", str(out)]) == 0
+                 "--steps", "5", "--out", str(out), "--samples-out", str(kept)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads(out.read_text())
     assert report["n"] == 20 and report["sampler"] == "ddim" and report["steps"] == 5
     assert report["fd"] > 0 and report["fd_floor"] > 0
     assert report["fd_ratio"] == pytest.approx(report["fd"] / report["fd_floor"])
     assert sum(report["digit_counts"]) == 20
+
+    # the kept samples are the scored ones: scoring them again gives the same figures
+    from ddpm_lib.metrics import evaluate_samples
+
+    samples = np.load(kept)
+    assert samples.shape == (20, 28, 28) and samples.dtype == np.uint8
+    again = evaluate_samples(samples)
+    assert again == {k: v for k, v in report.items() if k in again}
+
+
+def test_device_requests_fail_clearly(tiny_checkpoint, tmp_path):
+    import torch
+
+    with pytest.raises(SystemExit, match="not a device name"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--device", "gpu0", "--out", str(tmp_path / "x.npy")])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            main(["sample", "--checkpoint", str(tiny_checkpoint), "--device", "cuda", "--out", str(tmp_path / "x.npy")])
+    with pytest.raises(SystemExit, match="must end in .npy"):
+        main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--samples-out", str(tmp_path / "x.png")])

@@ -55,7 +55,7 @@ def test_shipped_preset_size():
 def test_config_round_trip():
     c = ModelConfig(arch="simple", base_channels=8, channel_mults=[1, 2])
     assert ModelConfig.from_dict(c.to_dict()) == c
-    with pytest.raises(ValueError, match="unknown model config keys"):
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
         ModelConfig.from_dict({**c.to_dict(), "width": 3})
     with pytest.raises(ValueError, match="unknown architecture"):
         ModelConfig(arch="transformer")
