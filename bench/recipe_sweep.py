@@ -1,16 +1,15 @@
 """How the shipped recipe was chosen: train candidate recipes for a CPU budget, then score them.
 
-    python bench/recipe_sweep.py --device cuda --parallel 8 --out runs/sweep
+    python bench/recipe_sweep.py --device cuda --out runs/sweep [--only NAME ...]
 
 The shipped checkpoint must be trained in under an hour on 2 CPU cores, so
 recipes are compared at equal *CPU time*, not equal steps: each candidate runs
 the number of optimizer steps that the shipped preset completes in its
 ``max_minutes`` on the reference machine, given the measured training
-throughput at that batch size (the ``--cpu-steps-per-second`` table below, from
-``bench/train_throughput.py --batch-size B`` in bf16 plus the loop's own
-per-step cost). Training the candidates on a GPU draws exactly the same
-batches, t and noise (the random draws come from the seeded CPU generator), so
-a GPU sweep answers "which recipe is best for an hour of CPU" in minutes.
+throughput at that batch size (``CPU_STEPS_PER_SECOND`` below). Training the
+candidates on a GPU draws exactly the same batches, t and noise (the random
+draws come from the seeded CPU generator), so a GPU sweep answers "which
+recipe is best for an hour of CPU" without spending the hours (see Cost).
 
 Each candidate is trained with ``python -m ddpm_lib train`` and scored with
 ``python -m ddpm_lib evaluate`` (N samples from 1000-step Algorithm 2, FD
@@ -61,20 +60,24 @@ def run(name: str, spec: tuple, args) -> dict:
     out = Path(args.out)
     ckpt = out / f"{name}.safetensors"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = open(out / f"{name}.log", "w")
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ddpm_lib", "train", "--preset", "shipped", "--out-dir", str(out / name),
-                    "--no-resume", "--no-progress", "--max-minutes", "0", "--steps", str(steps), "--batch-size", str(bs),
-                    "--lr", str(lr), "--ema-decay", str(ema), "--checkpoint-every", str(steps),
-                    "--device", args.device, "--export", str(ckpt)], check=True, stdout=log, stderr=log, env=env)
-    train_s = time.perf_counter() - t0
+    with open(out / f"{name}.log", "w") as log:
+        def cli(*argv):
+            subprocess.run([sys.executable, "-m", "ddpm_lib", *argv, "--device", args.device],
+                           check=True, stdout=log, stderr=log, env=env)
+
+        t0 = time.perf_counter()
+        cli("train", "--preset", "shipped", "--out-dir", str(out / name), "--no-resume", "--no-progress",
+            "--max-minutes", "0", "--steps", str(steps), "--batch-size", str(bs), "--lr", str(lr),
+            "--ema-decay", str(ema), "--checkpoint-every", str(steps), "--export", str(ckpt))
+        train_s = time.perf_counter() - t0
+        reports = {}
+        for seed in args.seeds:
+            reports[seed] = out / f"{name}_seed{seed}.json"
+            cli("evaluate", "--checkpoint", str(ckpt), "--n", str(args.n), "--seed", str(seed),
+                "--batch-size", str(args.n), "--out", str(reports[seed]))
     row = {"name": name, "batch_size": bs, "lr": lr, "ema_decay": ema, "cpu_minutes": minutes, "steps": steps,
            "train_seconds_here": round(train_s, 1)}
-    for seed in args.seeds:
-        report = out / f"{name}_seed{seed}.json"
-        subprocess.run([sys.executable, "-m", "ddpm_lib", "evaluate", "--checkpoint", str(ckpt), "--n", str(args.n),
-                        "--seed", str(seed), "--batch-size", str(args.n), "--device", args.device, "--out", str(report)],
-                       check=True, stdout=log, stderr=log, env=env)
+    for seed, report in reports.items():
         r = json.loads(report.read_text())
         row[f"seed{seed}"] = {k: r[k] for k in ("fd", "fd_floor", "fd_ratio", "min_fraction", "max_fraction",
                                                 "mean_confidence")}
