@@ -131,12 +131,16 @@ def cmd_train(args) -> int:
     recipe = PRESETS[args.preset]
     model_cfg, tc = recipe.model, recipe.train
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "max_minutes", "ema_decay",
-                                               "warmup_steps", "checkpoint_every") if getattr(args, k) is not None}
+                                               "warmup_steps", "cooldown_minutes", "checkpoint_every")
+                 if getattr(args, k) is not None}
     if args.bf16 is not None:
         overrides["bf16"] = args.bf16
-    tc = replace(tc, **overrides)
     if args.max_minutes is not None and args.max_minutes <= 0:
-        tc = replace(tc, max_minutes=None)
+        overrides["max_minutes"] = None
+    try:
+        tc = replace(tc, **overrides)
+    except ValueError as e:
+        raise SystemExit(f"error: {e} (options --max-minutes, --cooldown-minutes)") from None
     sched_kind, T = args.schedule or recipe.schedule, args.T or recipe.T
     model_over = {k: getattr(args, k) for k in ("arch", "base_channels") if getattr(args, k) is not None}
     model_cfg = replace(model_cfg, num_timesteps=T, **model_over)
@@ -209,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--cooldown-minutes", type=float,
+                   help="decay the LR linearly to 0 over the last minutes of --max-minutes (0: constant LR)")
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)

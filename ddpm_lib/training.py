@@ -8,9 +8,10 @@
 :func:`train` wraps that loop with what a real run needs: an exponential moving
 average (EMA) of the weights (the paper samples with EMA weights, decay 0.9999
 over 800k steps; we use 0.999 for runs of a few thousand steps), learning-rate
-warm-up, gradient clipping, optional bf16 autocast on the CPU, periodic atomic
-checkpoints, exact resume, a clean stop on Ctrl-C or SIGTERM, and a hard stop
-with a clear message when the loss becomes NaN or infinite.
+warm-up (and an optional cool-down at the end of a timed run), gradient
+clipping, optional bf16 autocast, periodic atomic checkpoints, exact resume, a
+clean stop on Ctrl-C or SIGTERM, and a hard stop with a clear message when the
+loss becomes NaN or infinite.
 
 Exact resume: every random draw of the loop (the data order, t and eps) comes
 from seeded generators whose state is saved with the weights, so a run that is
@@ -58,6 +59,7 @@ class TrainConfig:
     log_every: int = 50              # steps between entries of the loss history
     max_minutes: float | None = None  # stop after this much cumulative training time
     snapshot_minutes: tuple = ()     # export the EMA model when cumulative time passes these marks
+    cooldown_minutes: float = 0.0    # LR falls linearly to 0 over the last minutes of max_minutes
 
     def __post_init__(self):
         self.snapshot_minutes = tuple(float(m) for m in self.snapshot_minutes)
@@ -66,6 +68,26 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.cooldown_minutes < 0:
+            raise ValueError(f"cooldown_minutes must be at least 0, got {self.cooldown_minutes}")
+        if self.cooldown_minutes and (self.max_minutes is None or self.cooldown_minutes > self.max_minutes):
+            raise ValueError(
+                f"cooldown_minutes={self.cooldown_minutes} needs a time budget at least as long: set max_minutes "
+                f"(now {self.max_minutes}) to the length of the run, or cooldown_minutes to 0"
+            )
+
+    def lr_at(self, step: int, seconds: float) -> float:
+        """Learning rate of optimizer step ``step`` (0-based) after ``seconds`` of training.
+
+        Linear warm-up over ``warmup_steps``, then constant; with ``cooldown_minutes``,
+        a linear decay to zero over the last ``cooldown_minutes`` of ``max_minutes``.
+        The decay is timed, like the budget it ends, so a run stopped before the
+        cool-down (a snapshot, or a shorter budget) is the same run up to there.
+        """
+        factor = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.cooldown_minutes:
+            factor *= min(1.0, max(0.0, (60 * self.max_minutes - seconds) / (60 * self.cooldown_minutes)))
+        return self.lr * factor
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -171,8 +193,10 @@ def _save_state(path: Path, model, ema_model, optimizer, generator, step, second
     save_tensors(path, tensors, metadata)
 
 
-# How long a run lasts and how often it saves may change between resumes; the rest of the recipe may not.
-_RUN_LENGTH_FIELDS = ("steps", "max_minutes", "snapshot_minutes", "checkpoint_every", "log_every")
+# How long a run lasts, how it ends (the LR cool-down) and how often it saves may change between
+# resumes, so a finished run can be extended; the rest of the recipe may not.
+_RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "snapshot_minutes", "checkpoint_every",
+                      "log_every")
 
 
 def _recipe(train_config: dict) -> dict:
@@ -315,7 +339,7 @@ def train(
             x0, t, noise = (v.to(device, non_blocking=True) for v in (x0, t, noise))
             x0 = x0.contiguous(memory_format=memory_format)
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * min(1.0, (step + 1) / max(1, config.warmup_steps))
+                group["lr"] = config.lr_at(step, seconds)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 loss = diffusion_loss(model, schedule, x0, t, noise)
             if not torch.isfinite(loss):

@@ -47,6 +47,35 @@ def test_ema_warmup():
     assert ema_decay_at(10**6, 0.999) == 0.999
 
 
+def test_learning_rate_schedule():
+    c = TrainConfig(lr=1e-3, warmup_steps=10, max_minutes=10.0, cooldown_minutes=2.0)
+    assert c.lr_at(0, 0.0) == pytest.approx(1e-4)                  # warm-up: (step + 1) / warmup_steps
+    assert c.lr_at(9, 5.0) == c.lr_at(5000, 8 * 60.0) == 1e-3     # constant until the cool-down starts
+    assert c.lr_at(5000, 9 * 60.0) == pytest.approx(5e-4)          # halfway through the last 2 minutes
+    assert c.lr_at(5000, 10 * 60.0) == c.lr_at(5000, 11 * 60.0) == 0.0
+    constant = TrainConfig(lr=1e-3, warmup_steps=10, max_minutes=10.0)
+    assert constant.lr_at(5000, 9.99 * 60) == 1e-3
+
+
+def test_cooldown_needs_a_budget():
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(cooldown_minutes=5.0)
+    with pytest.raises(ValueError, match="max_minutes"):
+        TrainConfig(max_minutes=4.0, cooldown_minutes=5.0)
+
+
+def test_a_timed_run_ends_its_cooldown_near_zero(tmp_path):
+    """With the cool-down as long as the whole 3-second budget, the LR of the last step is a small
+    fraction of lr: at most (one step's time) / (3 s)."""
+    c = TrainConfig(steps=10**6, batch_size=32, lr=1e-3, warmup_steps=3, checkpoint_every=10**6,
+                    max_minutes=0.05, cooldown_minutes=0.05)
+    result = train(TINY, SCHEDULE, c, tiny_data(), tmp_path, progress=False)
+    assert result.seconds >= 3.0 and result.step > 10
+    _, meta = read_tensors(tmp_path / STATE_FILE)
+    last_lr = meta["param_groups"][0]["lr"]
+    assert 0.0 <= last_lr < 0.2 * c.lr, last_lr
+
+
 def test_training_lowers_the_loss(tmp_path):
     result = train(TINY, SCHEDULE, config(60, seed=1), tiny_data(256), tmp_path, progress=False)
     first = sum(l for _, l, _ in result.history[:5]) / 5
