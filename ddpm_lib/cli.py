@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import replace
@@ -140,7 +141,10 @@ def cmd_train(args) -> int:
     try:
         tc = replace(tc, **overrides)
     except ValueError as e:
-        raise SystemExit(f"error: {e} (options --max-minutes, --cooldown-minutes)") from None
+        message = str(e)
+        for name in overrides:  # name the options, not the fields: max_minutes -> --max-minutes
+            message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
+        raise SystemExit(f"error: {message}") from None
     sched_kind, T = args.schedule or recipe.schedule, args.T or recipe.T
     model_over = {k: getattr(args, k) for k in ("arch", "base_channels") if getattr(args, k) is not None}
     model_cfg = replace(model_cfg, num_timesteps=T, **model_over)

@@ -55,7 +55,7 @@ def test_bad_requests_fail_clearly(tiny_checkpoint, tmp_path, capsys):
     assert main(["info", "--checkpoint", str(broken)]) == 1
     assert "corrupt" in capsys.readouterr().err
     # a learning-rate cool-down over the last 5 minutes of the run needs a run of 5 minutes or more
-    with pytest.raises(SystemExit, match="cooldown_minutes=5.0 needs a time budget.*--cooldown-minutes"):
+    with pytest.raises(SystemExit, match="--cooldown-minutes=5.0 needs a time budget.*set --max-minutes"):
         main(["train", "--preset", "tiny", "--max-minutes", "2", "--cooldown-minutes", "5",
               "--out-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
