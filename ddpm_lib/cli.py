@@ -24,6 +24,8 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
                    help="sigma_t^2 for --sampler ddpm (default beta; 'none' drops the noise term)")
     p.add_argument("--steps", type=int, default=None, help="number of steps (ddpm: must be T; ddim: default 50)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    p.add_argument("--clip-x0", action="store_true",
+                   help="clip each step's prediction of x_0 to [-1, 1], as the paper's released code does")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network")
     p.add_argument("--device", default="cpu", help="where the network runs: cpu (default), cuda, cuda:1, ...")
@@ -56,13 +58,14 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
             raise SystemExit(f"--sampler ddpm runs all T={T} steps of the checkpoint's schedule; "
                              f"for {args.steps} steps use --sampler ddim")
         x = ddpm_sample(ckpt.model, ckpt.schedule, args.n, seed=args.seed, variance=args.variance,
-                        batch_size=args.batch_size, autocast_bf16=args.bf16, progress=sys.stderr.isatty())
-        desc = {"sampler": "ddpm", "variance": args.variance, "steps": T}
+                        clip_x0=args.clip_x0, batch_size=args.batch_size, autocast_bf16=args.bf16,
+                        progress=sys.stderr.isatty())
+        desc = {"sampler": "ddpm", "variance": args.variance, "steps": T, "clip_x0": args.clip_x0}
     else:
         steps = args.steps or 50
         x = ddim_sample(ckpt.model, ckpt.schedule, args.n, steps=steps, eta=args.eta, seed=args.seed,
-                        batch_size=args.batch_size, autocast_bf16=args.bf16)
-        desc = {"sampler": "ddim", "eta": args.eta, "steps": steps}
+                        clip_x0=args.clip_x0, batch_size=args.batch_size, autocast_bf16=args.bf16)
+        desc = {"sampler": "ddim", "eta": args.eta, "steps": steps, "clip_x0": args.clip_x0}
     desc.update(train_step=ckpt.info.get("step"), train_seconds=ckpt.info.get("train_seconds"))
     return x, desc
 
@@ -132,7 +135,8 @@ def cmd_train(args) -> int:
     recipe = PRESETS[args.preset]
     model_cfg, tc = recipe.model, recipe.train
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "max_minutes", "ema_decay",
-                                               "warmup_steps", "cooldown_minutes", "checkpoint_every")
+                                               "warmup_steps", "cooldown_minutes", "checkpoint_every",
+                                               "min_snr_gamma")
                  if getattr(args, k) is not None}
     if args.bf16 is not None:
         overrides["bf16"] = args.bf16
@@ -219,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--cooldown-minutes", type=float,
                    help="decay the LR linearly to 0 over the last minutes of --max-minutes (0: constant LR)")
+    p.add_argument("--min-snr-gamma", type=float,
+                   help="weight the loss at timestep t by min(SNR_t, gamma)/SNR_t (Hang et al. 2023; 0: L_simple)")
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)

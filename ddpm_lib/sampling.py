@@ -11,6 +11,15 @@ variance (section 3.2), selected here by ``variance``:
 * ``"beta_tilde"``  -- sigma_t^2 = beta_tilde_t (Eq. 7, optimal for a single fixed x_0)
 * ``"none"``        -- sigma_t = 0: the origin project's simplification, which drops
                        the noise term. It is *not* DDPM; chapter 5 shows what it does.
+
+``clip_x0=True`` does what the paper's released code does when it samples
+(``clip_denoised``; diffusers calls it ``clip_sample``): it clips the prediction
+x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t) to the data
+range [-1, 1] and takes the posterior mean mu_tilde(x_t, x0_hat) of Eq. 7. Where
+nothing is clipped this is the same mean as Eq. 11; where x0_hat overshoots, the
+step is pulled back into range. It matters most where alpha_bar_t is tiny (the
+first steps of a cosine schedule), where dividing by sqrt(alpha_bar_t) turns a
+small error of eps_theta into a huge one.
 """
 
 from __future__ import annotations
@@ -36,10 +45,18 @@ def _sigma(schedule: DiffusionSchedule, t: torch.Tensor, x: torch.Tensor, varian
     raise ValueError(f"unknown variance {variance!r}: expected one of {', '.join(VARIANCES)}")
 
 
-def p_mean(model: nn.Module, schedule: DiffusionSchedule, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """mu_theta(x_t, t) = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-alpha_bar_t) eps_theta(x_t, t)) (Eq. 11)."""
+def p_mean(
+    model: nn.Module, schedule: DiffusionSchedule, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
+) -> torch.Tensor:
+    """mu_theta(x_t, t) = 1/sqrt(alpha_t) (x_t - beta_t/sqrt(1-alpha_bar_t) eps_theta(x_t, t)) (Eq. 11).
+
+    With ``clip_x0``: mu_tilde(x_t, clip(x0_hat, -1, 1)) (Eq. 7), see the module docstring.
+    """
     t = schedule.check_timesteps(t, batch=x_t.shape[0])
     eps = model(x_t, t).to(x_t.dtype)
+    if clip_x0:
+        x0_hat = schedule.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+        return schedule.q_posterior(x0_hat, x_t, t)[0]
     eps_coef = _extract(schedule.betas / schedule.sqrt_one_minus_alpha_bars, t, x_t)  # float64, then cast
     return (x_t - eps_coef * eps) * _extract(1.0 / torch.sqrt(schedule.alphas), t, x_t)
 
@@ -52,17 +69,19 @@ def p_sample(
     t: torch.Tensor,
     noise: torch.Tensor | None = None,
     variance: str = "beta",
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """One reverse step x_t -> x_{t-1}: line 4 of Algorithm 2.
 
     ``t`` holds zero-indexed timesteps of shape (B,); where ``t == 0`` (the
     paper's t = 1) no noise is added. ``noise`` is z; pass it to make the step
-    deterministic. Same role as diffusers' ``scheduler.step``.
+    deterministic. ``clip_x0``: see the module docstring. Same role as
+    diffusers' ``scheduler.step``.
     """
     t = schedule.check_timesteps(t, batch=x_t.shape[0])
     if noise is None:
         noise = torch.randn_like(x_t)
-    mean = p_mean(model, schedule, x_t, t)
+    mean = p_mean(model, schedule, x_t, t, clip_x0)
     sigma = _sigma(schedule, t, x_t, variance)
     nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.device)
     return mean + nonzero * sigma * noise
@@ -77,6 +96,7 @@ def ddpm_sample(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     variance: str = "beta",
+    clip_x0: bool = False,
     image_shape: tuple[int, int, int] | None = None,
     device: torch.device | str | None = None,
     batch_size: int = 500,
@@ -91,7 +111,8 @@ def ddpm_sample(
 
     Reproducible: all noise comes from one generator (``seed`` or ``generator``),
     drawn in a fixed order (per batch: x_T first, then z for each step), so the
-    same seed and ``batch_size`` give the same images.
+    same seed and ``batch_size`` give the same images. ``clip_x0``: see the
+    module docstring.
 
     Returns a float tensor (n, C, H, W) in roughly [-1, 1] (not clipped). With
     ``record_every=k`` it returns ``(x0, trajectory)`` where ``trajectory`` is a
@@ -136,7 +157,7 @@ def ddpm_sample(
                 t = torch.full((b,), i, dtype=torch.long, device=device)
                 z = torch.randn((b, *image_shape), generator=generator).to(device)
                 with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    x = p_sample(model, schedule, x, t, noise=z, variance=variance).float()
+                    x = p_sample(model, schedule, x, t, noise=z, variance=variance, clip_x0=clip_x0).float()
                 if record and (i % record_every == 0):
                     trajectory.append((i, x.cpu().clone()))
                 if callback is not None:
@@ -163,6 +184,7 @@ def ddim_sample(
     steps: int = 50,
     eta: float = 0.0,
     *,
+    clip_x0: bool = False,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -176,6 +198,7 @@ def ddim_sample(
     x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_bar_t),
     sigma = eta sqrt((1 - alpha_bar_{tau_{i-1}}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{tau_{i-1}}).
     ``eta = 0`` is the deterministic DDIM sampler; ``eta = 1`` with all T steps is DDPM with sigma_t^2 = beta_tilde_t.
+    ``clip_x0`` clips x0_pred to [-1, 1] before it is used (eps_theta is kept as predicted).
     """
     cfg = model.config
     if cfg.num_timesteps != schedule.T:
@@ -202,6 +225,8 @@ def ddim_sample(
                 with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
                     eps = model(x, t).float()
                 x0_pred = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+                if clip_x0:
+                    x0_pred = x0_pred.clamp(-1.0, 1.0)
                 sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
                 z = torch.randn((b, *shape), generator=generator).to(device)
                 x = math.sqrt(ab_prev) * x0_pred + math.sqrt(max(0.0, 1 - ab_prev - sigma**2)) * eps + sigma * z

@@ -60,6 +60,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after this much cumulative training time
     snapshot_minutes: tuple = ()     # export the EMA model when cumulative time passes these marks
     cooldown_minutes: float = 0.0    # LR falls linearly to 0 over the last minutes of max_minutes
+    min_snr_gamma: float = 0.0       # 0: L_simple; > 0: Min-SNR-gamma weights, see diffusion_loss
 
     def __post_init__(self):
         self.snapshot_minutes = tuple(float(m) for m in self.snapshot_minutes)
@@ -68,6 +69,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be at least 0 (0 turns the weighting off), got {self.min_snr_gamma}")
         if self.cooldown_minutes < 0:
             raise ValueError(f"cooldown_minutes must be at least 0, got {self.cooldown_minutes}")
         if self.cooldown_minutes and (self.max_minutes is None or self.cooldown_minutes > self.max_minutes):
@@ -101,10 +104,21 @@ def diffusion_loss(
     x0: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
+    min_snr_gamma: float = 0.0,
 ) -> torch.Tensor:
-    """L_simple (Eq. 14): mean squared error between eps and eps_theta(x_t, t)."""
+    """L_simple (Eq. 14): mean squared error between eps and eps_theta(x_t, t).
+
+    With ``min_snr_gamma`` = gamma > 0, each sample's error is weighted by
+    min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et al. 2023, for the
+    eps-parameterisation): timesteps with little noise (SNR_t > gamma) count
+    less, the rest count as in L_simple.
+    """
     x_t = schedule.q_sample(x0, t, noise)  # Eq. 4, reparameterised
-    return F.mse_loss(model(x_t, t).float(), noise)
+    if not min_snr_gamma:
+        return F.mse_loss(model(x_t, t).float(), noise)
+    per_sample = (model(x_t, t).float() - noise).pow(2).flatten(1).mean(1)
+    weight = schedule.snr.clamp(max=min_snr_gamma) / schedule.snr  # float64 on the CPU, like the schedule
+    return (per_sample * weight.to(device=x0.device, dtype=per_sample.dtype)[t]).mean()
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -203,6 +217,10 @@ def _recipe(train_config: dict) -> dict:
     return {k: v for k, v in train_config.items() if k not in _RUN_LENGTH_FIELDS}
 
 
+def _as_json(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))
+
+
 def _load_state(path: Path, model, ema_model, optimizer, generator, model_config, schedule, config):
     tensors, meta = read_tensors(path)
     if meta.get("kind") != "train_state":
@@ -210,7 +228,8 @@ def _load_state(path: Path, model, ema_model, optimizer, generator, model_config
     same = (
         meta["model_config"] == model_config.to_dict()
         and meta["schedule"] == schedule_to_dict(schedule)
-        and _recipe(meta["train_config"]) == _recipe(json.loads(json.dumps(asdict(config))))
+        # via from_dict, so a state written before a recipe field existed reads as that field's default
+        and _recipe(_as_json(TrainConfig.from_dict(meta["train_config"]))) == _recipe(_as_json(config))
     )
     if not same:
         raise CheckpointError(
@@ -341,7 +360,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step, seconds)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                loss = diffusion_loss(model, schedule, x0, t, noise)
+                loss = diffusion_loss(model, schedule, x0, t, noise, config.min_snr_gamma)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss.item()} at step {step + 1}; training stopped. The last good "

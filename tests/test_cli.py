@@ -64,10 +64,10 @@ def test_bad_requests_fail_clearly(tiny_checkpoint, tmp_path, capsys):
 def test_evaluate_prints_json_with_the_floor(tiny_checkpoint, tmp_path, capsys):
     out, kept = tmp_path / "eval.json", tmp_path / "samples.npy"
     assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--n", "20", "--sampler", "ddim",
-                 "--steps", "5", "--out", str(out), "--samples-out", str(kept)]) == 0
+                 "--steps", "5", "--clip-x0", "--out", str(out), "--samples-out", str(kept)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads(out.read_text())
-    assert report["n"] == 20 and report["sampler"] == "ddim" and report["steps"] == 5
+    assert report["n"] == 20 and report["sampler"] == "ddim" and report["steps"] == 5 and report["clip_x0"] is True
     assert report["fd"] > 0 and report["fd_floor"] > 0
     assert report["fd_ratio"] == pytest.approx(report["fd"] / report["fd_floor"])
     assert sum(report["digit_counts"]) == 20

@@ -42,6 +42,46 @@ def test_p_sample_matches_hand_computation(variance):
         assert torch.allclose(out[i], torch.full((1, 2, 2), expected), atol=1e-6)
 
 
+def test_clip_x0_changes_nothing_where_x0_hat_is_in_range():
+    s = make_schedule("linear", 1000)
+    x_t = torch.tensor([0.5, -0.7]).view(2, 1, 1, 1).expand(2, 1, 2, 2).contiguous()
+    z, t = torch.full_like(x_t, -0.3), torch.tensor([5, 5])
+    x0_hat = s.predict_x0(x_t, t, torch.full_like(x_t, 0.25))
+    assert x0_hat.abs().max() < 1                     # nothing to clip: Eq. 7 with x0_hat is Eq. 11
+    a = p_sample(ConstantEps(0.25, 1000), s, x_t, t, noise=z)
+    b = p_sample(ConstantEps(0.25, 1000), s, x_t, t, noise=z, clip_x0=True)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_clip_x0_takes_the_posterior_mean_of_the_clipped_prediction():
+    """At t=600 (paper's 601) eps = 0.25 makes x0_hat of x_t = 0.5 overshoot 1; the step becomes
+    mu_tilde(x_t, 1.0) (Eq. 7) plus sigma z, computed by hand."""
+    s = make_schedule("linear", 1000)
+    x_t = torch.full((1, 1, 2, 2), 0.5)
+    z, t = torch.full_like(x_t, -0.3), torch.tensor([600])
+    beta = 1e-4 + (0.02 - 1e-4) * 600 / 999
+    alpha_bar = math.prod(1 - (1e-4 + (0.02 - 1e-4) * i / 999) for i in range(601))
+    alpha_bar_prev = alpha_bar / (1 - beta)
+    assert (0.5 - math.sqrt(1 - alpha_bar) * 0.25) / math.sqrt(alpha_bar) > 1
+    mean = (math.sqrt(alpha_bar_prev) * beta * 1.0 + math.sqrt(1 - beta) * (1 - alpha_bar_prev) * 0.5) / (1 - alpha_bar)
+    out = p_sample(ConstantEps(0.25, 1000), s, x_t, t, noise=z, clip_x0=True)
+    assert torch.allclose(out, torch.full_like(out, mean + math.sqrt(beta) * -0.3), atol=1e-6)
+
+
+def test_clip_x0_keeps_an_untrained_net_in_range():
+    """An untrained net's eps is far off; on the cosine schedule (alpha_bar_T ~ 2e-9) DDIM's x0_pred blows
+    up without clipping. With clipping the last step (alpha_bar_prev = 1, eta = 0) returns x0_pred in [-1, 1]."""
+    torch.manual_seed(0)
+    m = build_model(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=1000)
+    s = make_schedule("cosine", 1000)
+    wild = ddim_sample(m, s, 2, steps=5, seed=0)
+    tame = ddim_sample(m, s, 2, steps=5, seed=0, clip_x0=True)
+    assert wild.abs().max() > 10
+    assert tame.abs().max() <= 1
+    x = ddpm_sample(ConstantEps(0.0, 10), make_schedule("cosine", 10), 2, seed=0, clip_x0=True)
+    assert x.abs().max() <= 1 + 1e-6  # the last Algorithm 2 step (no noise) is mu_tilde of a clipped x0 at t=1
+
+
 def test_last_step_adds_no_noise():
     s = make_schedule("cosine", 10)
     model = ConstantEps(0.0, 10)

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from ddpm_lib.checkpoint import load_checkpoint, read_tensors
+from ddpm_lib.checkpoint import load_checkpoint, read_tensors, save_tensors
 from ddpm_lib.models import ModelConfig
 from ddpm_lib.schedule import make_schedule
 from ddpm_lib.training import STATE_FILE, TrainConfig, diffusion_loss, ema_decay_at, train
@@ -40,6 +40,25 @@ def test_loss_is_l_simple():
     x0, noise, t = tiny_data(4), torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 49])
     x_t = SCHEDULE.q_sample(x0, t, noise)
     assert torch.allclose(diffusion_loss(m, SCHEDULE, x0, t, noise), ((m(x_t, t) - noise) ** 2).mean())
+
+
+def test_min_snr_weighting():
+    """Min-SNR-gamma: each sample's squared error times min(SNR_t, gamma) / SNR_t; a gamma above every
+    SNR_t (or 0) is L_simple itself."""
+    torch.manual_seed(0)
+    from ddpm_lib.models import build_model
+
+    m = build_model(TINY)
+    x0, noise, t = tiny_data(4), torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 25, 49])
+    per_sample = ((m(SCHEDULE.q_sample(x0, t, noise), t) - noise) ** 2).mean(dim=(1, 2, 3))
+    snr = SCHEDULE.snr[t].float()
+    assert snr[0] > 5 > snr[3]                                      # the weighting bites at t=0, not at t=49
+    expected = (per_sample * torch.minimum(snr, torch.tensor(5.0)) / snr).mean()
+    assert torch.allclose(diffusion_loss(m, SCHEDULE, x0, t, noise, min_snr_gamma=5.0), expected)
+    simple = diffusion_loss(m, SCHEDULE, x0, t, noise)
+    assert torch.allclose(diffusion_loss(m, SCHEDULE, x0, t, noise, min_snr_gamma=float(snr.max()) + 1), simple)
+    with pytest.raises(ValueError, match="min_snr_gamma must be at least 0"):
+        TrainConfig(min_snr_gamma=-1.0)
 
 
 def test_ema_warmup():
@@ -100,6 +119,20 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     train(TINY, SCHEDULE, config(2), tiny_data(), tmp_path, progress=False)
     with pytest.raises(ValueError, match="different model, schedule or recipe"):
         train(TINY, SCHEDULE, config(4, seed=5), tiny_data(), tmp_path, progress=False)
+
+
+def test_resume_reads_a_state_from_before_a_recipe_field_existed(tmp_path):
+    """A state whose stored recipe lacks a field added later (min_snr_gamma) resumes as that field's default."""
+    data = tiny_data()
+    full = train(TINY, SCHEDULE, config(6), data, tmp_path / "a", progress=False)
+    train(TINY, SCHEDULE, config(4), data, tmp_path / "b", progress=False)
+    tensors, meta = read_tensors(tmp_path / "b" / STATE_FILE)
+    del meta["train_config"]["min_snr_gamma"]
+    save_tensors(tmp_path / "b" / STATE_FILE, tensors, meta)
+    resumed = train(TINY, SCHEDULE, config(6), data, tmp_path / "b", progress=False)
+    assert_same_weights(full.model, resumed.model)
+    with pytest.raises(ValueError, match="different model, schedule or recipe"):
+        train(TINY, SCHEDULE, config(8, min_snr_gamma=5.0), data, tmp_path / "b", progress=False)
 
 
 SCRIPT = """
