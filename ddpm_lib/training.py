@@ -213,12 +213,9 @@ _RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "snapshot_minu
                       "log_every")
 
 
-def _recipe(train_config: dict) -> dict:
-    return {k: v for k, v in train_config.items() if k not in _RUN_LENGTH_FIELDS}
-
-
-def _as_json(config: TrainConfig) -> dict:
-    return json.loads(json.dumps(asdict(config)))
+def _recipe(config: TrainConfig) -> dict:
+    """The fields of ``config`` that a resumed run must share, as they read back from JSON."""
+    return {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in _RUN_LENGTH_FIELDS}
 
 
 def _load_state(path: Path, model, ema_model, optimizer, generator, model_config, schedule, config):
@@ -229,7 +226,7 @@ def _load_state(path: Path, model, ema_model, optimizer, generator, model_config
         meta["model_config"] == model_config.to_dict()
         and meta["schedule"] == schedule_to_dict(schedule)
         # via from_dict, so a state written before a recipe field existed reads as that field's default
-        and _recipe(_as_json(TrainConfig.from_dict(meta["train_config"]))) == _recipe(_as_json(config))
+        and _recipe(TrainConfig.from_dict(meta["train_config"])) == _recipe(config)
     )
     if not same:
         raise CheckpointError(
