@@ -66,7 +66,10 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
         x = ddim_sample(ckpt.model, ckpt.schedule, args.n, steps=steps, eta=args.eta, seed=args.seed,
                         clip_x0=args.clip_x0, batch_size=args.batch_size, autocast_bf16=args.bf16)
         desc = {"sampler": "ddim", "eta": args.eta, "steps": steps, "clip_x0": args.clip_x0}
-    desc.update(train_step=ckpt.info.get("step"), train_seconds=ckpt.info.get("train_seconds"))
+    # the batch size fixes the order of the random draws (each batch draws its x_T, then its z), so it
+    # belongs to the description of what was sampled, like the seed
+    desc.update(batch_size=args.batch_size, bf16=args.bf16, device=args.device,
+                train_step=ckpt.info.get("step"), train_seconds=ckpt.info.get("train_seconds"))
     return x, desc
 
 
@@ -101,22 +104,39 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import from_model_range
-    from .metrics import evaluate_samples
+    from .metrics import evaluate_samples, summarize_seeds
 
     if args.samples_out and Path(args.samples_out).suffix != ".npy":
         raise SystemExit(f"--samples-out must end in .npy, got {args.samples_out}")
-    t0 = time.perf_counter()
-    x, desc = _draw(args)
-    sample_seconds = time.perf_counter() - t0
-    # Score the samples as 8-bit images, like the real digits they are compared with and like a
-    # saved PNG: the report can then be reproduced exactly from the --samples-out file.
-    images = from_model_range(x)
-    if args.samples_out:
-        _save_npy(images, Path(args.samples_out))
-    report = evaluate_samples(images, seed=args.seed)
-    report.update(desc)
-    report["checkpoint"] = str(args.checkpoint or "shipped")
-    report["sample_seconds"] = round(sample_seconds, 1)
+    seeds = args.seeds or [args.seed]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--seeds must not repeat a seed, got {seeds}")
+    if len(seeds) > 1 and args.samples_out:
+        raise SystemExit("--samples-out keeps the samples of one seed: give --seed, not several --seeds")
+    reports = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        x, desc = _draw(argparse.Namespace(**{**vars(args), "seed": seed}))
+        sample_seconds = time.perf_counter() - t0
+        # Score the samples as 8-bit images, like the real digits they are compared with and like a
+        # saved PNG: the report can then be reproduced exactly from the --samples-out file.
+        images = from_model_range(x)
+        if args.samples_out:
+            _save_npy(images, Path(args.samples_out))
+        report = evaluate_samples(images, seed=seed)
+        report.update(desc)
+        report["checkpoint"] = str(args.checkpoint or "shipped")
+        report["sample_seconds"] = round(sample_seconds, 1)
+        reports.append(report)
+        if len(seeds) > 1:
+            print(f"seed {seed}: FD {report['fd']:.2f}, floor {report['fd_floor']:.2f}, "
+                  f"ratio {report['fd_ratio']:.2f}", file=sys.stderr, flush=True)
+    if len(reports) == 1:
+        report = reports[0]
+    else:
+        report = summarize_seeds(reports)
+        report.update({k: v for k, v in reports[0].items() if k in desc or k == "checkpoint"})
+        report["sample_seconds"] = round(sum(r["sample_seconds"] for r in reports), 1)
     text = json.dumps(report, indent=2)
     if args.out:
         from .checkpoint import atomic_write_bytes
@@ -207,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampler_args(p)
     p.set_defaults(n=1000)
     p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
+                   help="score each of these seeds (its own x_T, z and real-data floor subset) and report the "
+                        "mean FD over the mean floor, the spread, and every seed's figures; overrides --seed")
     p.add_argument("--samples-out", default=None,
                    help="also keep the scored samples, as a uint8 array (N, 28, 28) in this .npy file")
     p.set_defaults(func=cmd_evaluate)

@@ -81,6 +81,38 @@ def test_evaluate_prints_json_with_the_floor(tiny_checkpoint, tmp_path, capsys):
     assert again == {k: v for k, v in report.items() if k in again}
 
 
+def test_evaluate_several_seeds_reports_each_and_their_mean(tiny_checkpoint, tmp_path, capsys):
+    common = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--n", "20", "--sampler", "ddim", "--steps", "5"]
+    singles = []
+    for seed in (0, 1):
+        assert main(common + ["--seed", str(seed)]) == 0
+        singles.append(json.loads(capsys.readouterr().out))
+    out = tmp_path / "seeds.json"
+    assert main(common + ["--seeds", "0", "1", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads(out.read_text())
+    # every seed is scored exactly as a single-seed run scores it (the paths are deterministic)
+    strip = lambda r: {k: v for k, v in r.items() if k != "sample_seconds"}
+    assert [strip(r) for r in report["per_seed"]] == [strip(r) for r in singles]
+    assert singles[0]["fd"] != singles[1]["fd"], "another seed must draw other samples"
+    assert report["seeds"] == [0, 1] and report["sampler"] == "ddim" and report["steps"] == 5
+    assert report["fd"] == pytest.approx((singles[0]["fd"] + singles[1]["fd"]) / 2)
+    assert report["fd_floor"] == pytest.approx((singles[0]["fd_floor"] + singles[1]["fd_floor"]) / 2)
+    assert report["fd_ratio"] == pytest.approx(report["fd"] / report["fd_floor"])
+    assert report["fd_ratio_per_seed"] == [s["fd_ratio"] for s in singles]
+    assert report["fd_ratio_sd"] == pytest.approx(abs(singles[0]["fd_ratio"] - singles[1]["fd_ratio"]) / 2 ** 0.5)
+    # the digit histogram pools the samples of both seeds; each seed's extremes are kept too
+    assert report["digit_counts"] == [a + b for a, b in zip(singles[0]["digit_counts"], singles[1]["digit_counts"])]
+    assert sum(report["digit_counts"]) == 40
+    assert report["min_fraction"] == min(report["digit_fractions"]) == min(report["digit_counts"]) / 40
+    assert report["min_fraction_per_seed"] == [s["min_fraction"] for s in singles]
+
+    with pytest.raises(SystemExit, match="not repeat"):
+        main(common + ["--seeds", "1", "1"])
+    with pytest.raises(SystemExit, match="one seed"):
+        main(common + ["--seeds", "0", "1", "--samples-out", str(tmp_path / "x.npy")])
+
+
 def test_device_requests_fail_clearly(tiny_checkpoint, tmp_path):
     import torch
 

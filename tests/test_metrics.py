@@ -166,6 +166,35 @@ def _tiny_classifier():
     return model.eval()
 
 
+def _report(seed, fd, floor, counts):
+    n = sum(counts)
+    return {"n": n, "fd": fd, "fd_floor": floor, "fd_ratio": fd / floor, "mean_confidence": 0.9,
+            "digit_counts": counts, "min_fraction": min(counts) / n, "max_fraction": max(counts) / n,
+            "classifier_test_accuracy": 0.99, "seed": seed}
+
+
+def test_summarize_seeds_hand_computed():
+    a = _report(0, 8.0, 4.0, [10, 10, 10, 10, 10, 10, 10, 10, 10, 10])
+    b = _report(1, 6.0, 5.0, [6, 14, 10, 10, 10, 10, 10, 10, 10, 10])
+    s = metrics.summarize_seeds([a, b])
+    assert s["seeds"] == [0, 1] and s["per_seed"] == [a, b]
+    assert s["fd"] == pytest.approx(7.0) and s["fd_floor"] == pytest.approx(4.5)
+    assert s["fd_ratio"] == pytest.approx(7.0 / 4.5)          # ratio of the means, not mean of the ratios
+    assert s["fd_ratio_sd"] == pytest.approx(abs(2.0 - 1.2) / math.sqrt(2))   # sample sd of 2.0 and 1.2
+    assert s["fd_sd"] == pytest.approx(math.sqrt(2))
+    assert s["digit_counts"] == [16, 24] + [20] * 8             # pooled: 200 samples
+    assert s["min_fraction"] == pytest.approx(0.08) and s["max_fraction"] == pytest.approx(0.12)
+    assert s["min_fraction_per_seed"] == [0.1, 0.06] and s["max_fraction_per_seed"] == [0.1, 0.14]
+
+
+def test_summarize_seeds_refuses_too_few_or_repeated_seeds():
+    a = _report(0, 8.0, 4.0, [10] * 10)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.summarize_seeds([a])
+    with pytest.raises(ValueError, match="once"):
+        metrics.summarize_seeds([a, dict(a)])
+
+
 def test_save_load_roundtrip(tmp_path):
     model = _tiny_classifier()
     path = tmp_path / "clf.safetensors"
