@@ -1,6 +1,7 @@
 """Training throughput of the book's UNet, variants measured side by side in one run.
 
     python bench/train_throughput.py [--preset shipped] [--batch-size B] [--seconds 15] [--compile] [--device cuda]
+                                     [--profile]
 
 Prints images/s for one training step (Algorithm 1: forward, L_simple, backward,
 Adam) with fp32 eager as the baseline, bf16 autocast, channels_last, both, and
@@ -8,6 +9,11 @@ optionally torch.compile; the ratio to the baseline; and the FLOPs per image
 with the achieved GFLOP/s, so the utilisation of the machine can be judged.
 Only ratios from the same run are comparable: other load on the machine moves
 every row.
+
+``--profile`` (CPU only) also splits a step of fp32 and of bf16 eager into the
+time spent in convolutions (forward and backward) and everything else, with
+``torch.profiler``, and prints the ceiling that follows: the speed-up over fp32
+that bf16 would reach if everything but its convolutions cost nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,38 @@ def train_step_fn(model, schedule, batch_size, bf16, channels_last, device="cpu"
     return step
 
 
+def conv_split(step, steps: int = 5) -> tuple[float, float]:
+    """Seconds per call of ``step()`` spent in convolution ops (forward and backward) and in total,
+    summed from torch.profiler's self CPU times over ``steps`` calls after two warm-up calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key or "conv2d" in e.key)
+    return conv / steps / 1e6, total / steps / 1e6
+
+
+def print_conv_split(preset: str, schedule, batch_size: int) -> None:
+    rows = {}
+    for name, bf16 in (("fp32 eager", False), ("bf16 autocast", True)):
+        rows[name] = conv_split(train_step_fn(make_model(preset), schedule, batch_size, bf16, False))
+    print(f"\nwhere a training step's time goes (torch.profiler, self CPU time, mean of 5 steps)")
+    print(f"{'variant':22s} {'convolutions':>18s} {'everything else':>16s} {'step':>9s}")
+    for name, (conv, total) in rows.items():
+        print(f"{name:22s} {conv * 1e3:9.1f} ms ({conv / total:4.0%}) {(total - conv) * 1e3:13.1f} ms "
+              f"{total * 1e3:6.1f} ms")
+    fp32_total, (bf16_conv, bf16_total) = rows["fp32 eager"][1], rows["bf16 autocast"]
+    print(f"bf16 / fp32 speed-up of the convolutions alone: {rows['fp32 eager'][0] / bf16_conv:.2f}x; "
+          f"of the whole step: {fp32_total / bf16_total:.2f}x")
+    print(f"ceiling: even if everything but its convolutions cost nothing, bf16 would train "
+          f"{fp32_total / bf16_conv:.2f}x as fast as fp32")
+
+
 def flops_per_image(preset: str, batch_size: int) -> float:
     model = make_model(preset)
     schedule = make_schedule(PRESETS[preset].schedule, PRESETS[preset].T)
@@ -49,7 +87,10 @@ def flops_per_image(preset: str, batch_size: int) -> float:
 
 
 def main():
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--profile", action="store_true",
+                   help="also split a step's CPU time into convolutions and the rest (fp32 and bf16)")
+    args = p.parse_args()
     recipe = PRESETS[args.preset]
     args.batch_size = args.batch_size or recipe.train.batch_size
     schedule = make_schedule(recipe.schedule, recipe.T)
@@ -73,6 +114,10 @@ def main():
     print(f"\nmachine: {machine(args.device)}\nmodel: preset {args.preset!r}, {n_params:,} parameters, batch {args.batch_size}")
     print(f"training FLOPs per image (forward + backward, counted by torch): {flops / 1e9:.3f} GFLOP")
     print_table("training throughput", "images/s", rows, ("GFLOP/s", lambda v: v * flops / 1e9))
+    if args.profile:
+        if torch.device(args.device).type != "cpu":
+            raise SystemExit("--profile splits CPU time; run it without --device")
+        print_conv_split(args.preset, schedule, args.batch_size)
 
 
 if __name__ == "__main__":
