@@ -65,7 +65,7 @@ def print_conv_split(preset: str, schedule, batch_size: int) -> None:
     rows = {}
     for name, bf16 in (("fp32 eager", False), ("bf16 autocast", True)):
         rows[name] = conv_split(train_step_fn(make_model(preset), schedule, batch_size, bf16, False))
-    print(f"\nwhere a training step's time goes (torch.profiler, self CPU time, mean of 5 steps)")
+    print("\nwhere a training step's time goes (torch.profiler, self CPU time, mean of 5 steps)")
     print(f"{'variant':22s} {'convolutions':>18s} {'everything else':>16s} {'step':>9s}")
     for name, (conv, total) in rows.items():
         print(f"{name:22s} {conv * 1e3:9.1f} ms ({conv / total:4.0%}) {(total - conv) * 1e3:13.1f} ms "
@@ -91,6 +91,8 @@ def main():
     p.add_argument("--profile", action="store_true",
                    help="also split a step's CPU time into convolutions and the rest (fp32 and bf16)")
     args = p.parse_args()
+    if args.profile and torch.device(args.device).type != "cpu":
+        p.error("--profile splits CPU time; run it without --device")
     recipe = PRESETS[args.preset]
     args.batch_size = args.batch_size or recipe.train.batch_size
     schedule = make_schedule(recipe.schedule, recipe.T)
@@ -115,8 +117,6 @@ def main():
     print(f"training FLOPs per image (forward + backward, counted by torch): {flops / 1e9:.3f} GFLOP")
     print_table("training throughput", "images/s", rows, ("GFLOP/s", lambda v: v * flops / 1e9))
     if args.profile:
-        if torch.device(args.device).type != "cpu":
-            raise SystemExit("--profile splits CPU time; run it without --device")
         print_conv_split(args.preset, schedule, args.batch_size)
 
 
