@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
@@ -25,8 +24,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 def machine(device: str = "cpu") -> str:
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
+    from ddpm_lib import numerics
+
+    cap = numerics.isa_cap()
+    return (f"{numerics.cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, ATen "
+            f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'native' if numerics.bf16_native() else 'emulated'}"
+            + (f", capped by {' '.join(f'{k}={v}' for k, v in cap.items())}" if cap else ""))
 
 
 def make_model(preset: str, channels_last: bool = False, device: str = "cpu"):
@@ -40,19 +43,51 @@ def _sync() -> None:
         torch.cuda.synchronize()  # GPU work is asynchronous: wait for it before reading the clock
 
 
-def rate(step, items_per_call: int, seconds: float, warmup: int = 2) -> float:
-    """Items per second of ``step()``, after ``warmup`` untimed calls, timed for about ``seconds``."""
-    for _ in range(warmup):
-        step()
-    _sync()
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        step()
-        calls += 1
-        _sync()
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds and calls >= 3:
-            return calls * items_per_call / elapsed
+def rates(steps: dict, items_per_call: int, seconds: float, warmup: int = 1) -> dict[str, float]:
+    """Items per second of each ``steps[name]()``, measured in interleaved rounds.
+
+    After ``warmup`` untimed calls of each, every round calls each variant once in
+    turn, so that drifting background load (a virtual machine's neighbours) touches
+    all of them alike; a variant leaves the rounds once it has had ``seconds`` of
+    calls and at least 3 of them. A variant that fails (torch.compile without a C++
+    toolchain, say) is reported and left out.
+    """
+    live = {}
+    for name, step in steps.items():
+        try:
+            for _ in range(warmup):
+                step()
+            _sync()
+            live[name] = step
+        except Exception as e:  # report instead of crashing
+            print(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    spent, calls = dict.fromkeys(live, 0.0), dict.fromkeys(live, 0)
+    while live:
+        for name, step in list(live.items()):
+            t0 = time.perf_counter()
+            step()
+            _sync()
+            spent[name] += time.perf_counter() - t0
+            calls[name] += 1
+            if spent[name] >= seconds and calls[name] >= 3:
+                del live[name]
+                print(f"  measured {name}", flush=True)
+    return {name: calls[name] * items_per_call / spent[name] for name in spent}
+
+
+def print_auto_pick(rows: list[tuple[str, float]], variants: dict[str, str], numerics) -> float:
+    """Say which variant ``auto`` (ddpm_lib.numerics) runs on this machine and how it compares with the
+    fastest row measured in this run; returns that fraction. ``variants`` maps row names to numerics names."""
+    rates = dict(rows)
+    picked = next((row for row, name in variants.items() if name == numerics.name), None)
+    fastest = max(rows, key=lambda r: r[1])
+    if picked is None or picked not in rates:
+        print(f"\nauto picks {numerics.describe()}: not among the rows measured here")
+        return float("nan")
+    share = rates[picked] / fastest[1]
+    print(f"\nauto picks: {picked} ({numerics.source}); {share:.0%} of the fastest variant measured in this run "
+          f"({fastest[0]}, {fastest[1]:.1f}/s){'' if share >= 0.9 else '  <-- more than 10% slower'}")
+    return share
 
 
 def print_table(title: str, unit: str, rows: list[tuple[str, float]], extra=None) -> None:

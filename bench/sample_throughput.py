@@ -6,7 +6,9 @@
 One DDPM reverse step (Algorithm 2) is one network evaluation per image, so
 images/s for a full 1000-step sample is this rate divided by T. Variants: fp32
 (baseline), bf16 autocast, channels_last, both. Measured in one run; only the
-ratios are meant to be compared.
+ratios are meant to be compared. The last line names the variant that ``auto``
+(the samplers' default, ``ddpm_lib.numerics``) runs on this machine at this
+batch size, and how close it is to the fastest row.
 
 bf16 is only worth its speed if it draws the same images. ``--agreement N``
 also samples N images from the shipped checkpoint with 1000-step Algorithm 2,
@@ -20,12 +22,13 @@ import time
 
 import torch
 
-from _common import machine, make_model, parser, print_table, rate
+from _common import machine, make_model, parser, print_auto_pick, print_table, rates
 from ddpm_lib import metrics
 from ddpm_lib.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from ddpm_lib.data import from_model_range
 from ddpm_lib.presets import PRESETS
-from ddpm_lib.sampling import ddpm_sample, p_sample
+from ddpm_lib.numerics import variant_name
+from ddpm_lib.sampling import ddpm_sample, p_sample, sampling_numerics
 from ddpm_lib.schedule import make_schedule
 
 
@@ -35,7 +38,8 @@ def agreement(n: int, device: str) -> None:
     images, seconds = {}, {}
     for bf16 in (False, True):
         t0 = time.perf_counter()
-        x = ddpm_sample(ckpt.model, ckpt.schedule, n, seed=0, batch_size=n, device=device, autocast_bf16=bf16)
+        x = ddpm_sample(ckpt.model, ckpt.schedule, n, seed=0, batch_size=n, device=device,
+                        precision="bf16" if bf16 else "fp32", channels_last=False)
         seconds[bf16] = time.perf_counter() - t0
         images[bf16] = from_model_range(x)  # 8-bit, as evaluate scores them
     diff = (images[True].float() - images[False].float()).abs() / 255.0
@@ -48,6 +52,20 @@ def agreement(n: int, device: str) -> None:
           f"  same predicted digit: {same:.1%}")
 
 
+def reverse_step_fn(preset, schedule, batch_size, bf16, channels_last, device="cpu"):
+    """One reverse step of Algorithm 2 for a batch, in the given precision and memory format."""
+    model = make_model(preset, channels_last=channels_last, device=device).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch_size, 1, 28, 28).to(device, memory_format=fmt)
+    t = torch.full((batch_size,), schedule.T // 2, device=device)
+
+    def step():
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            p_sample(model, schedule, x, t)
+
+    return step
+
+
 def main():
     p = parser(__doc__.splitlines()[0])
     p.set_defaults(batch_size=500)
@@ -56,23 +74,17 @@ def main():
     args = p.parse_args()
     recipe = PRESETS[args.preset]
     schedule = make_schedule(recipe.schedule, recipe.T)
-    rows = []
-    for name, bf16, cl in [("fp32 (baseline)", False, False), ("bf16 autocast", True, False),
-                           ("fp32 channels_last", False, True), ("bf16 autocast + channels_last", True, True)]:
-        model = make_model(args.preset, channels_last=cl, device=args.device).eval()
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        x = torch.randn(args.batch_size, 1, 28, 28).to(args.device, memory_format=fmt)
-        t = torch.full((args.batch_size,), schedule.T // 2, device=args.device)
-
-        def step():
-            with torch.no_grad(), torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=bf16):
-                p_sample(model, schedule, x, t)
-
-        rows.append((name, rate(step, args.batch_size, args.seconds)))
-        print(f"  measured {name}", flush=True)
+    variants = [("fp32 (baseline)", False, False), ("bf16 autocast", True, False),
+                ("fp32 channels_last", False, True), ("bf16 autocast + channels_last", True, True)]
+    steps = {name: reverse_step_fn(args.preset, schedule, args.batch_size, bf16, cl, args.device)
+             for name, bf16, cl in variants}
+    measured = rates(steps, args.batch_size, args.seconds)
+    rows = [(name, measured[name]) for name, *_ in variants if name in measured]
     print(f"\nmachine: {machine(args.device)}\nmodel: preset {args.preset!r}, batch {args.batch_size}, T = {schedule.T}")
     print_table("sampling throughput (one reverse step per image)", "evals/s", rows,
                 ("images/s", lambda v: v / schedule.T))
+    auto = sampling_numerics(make_model(args.preset, device=args.device), args.device, args.batch_size)
+    print_auto_pick(rows, {name: variant_name("bf16" if bf16 else "fp32", cl) for name, bf16, cl in variants}, auto)
     if args.agreement:
         agreement(args.agreement, args.device)
 

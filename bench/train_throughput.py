@@ -8,7 +8,10 @@ Adam) with fp32 eager as the baseline, bf16 autocast, channels_last, both, and
 optionally torch.compile; the ratio to the baseline; and the FLOPs per image
 with the achieved GFLOP/s, so the utilisation of the machine can be judged.
 Only ratios from the same run are comparable: other load on the machine moves
-every row.
+every row. The last line names the variant that ``auto`` (``ddpm_lib.numerics``,
+the default of training) runs on this machine, and how close it is to the
+fastest row. Run it under ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`` to
+see an AVX2-only CPU on any x86 machine.
 
 ``--profile`` (CPU only) also splits a step of fp32 and of bf16 eager into the
 time spent in convolutions (forward and backward) and everything else, with
@@ -21,19 +24,21 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import machine, make_model, parser, print_table, rate
+from _common import machine, make_model, parser, print_auto_pick, print_table, rates
+from ddpm_lib.numerics import choose_numerics, variant_name
 from ddpm_lib.presets import PRESETS
 from ddpm_lib.schedule import make_schedule
 from ddpm_lib.training import diffusion_loss
 
 
 def train_step_fn(model, schedule, batch_size, bf16, channels_last, device="cpu"):
+    """One step of Algorithm 1 as ddpm_lib.training runs it: forward under autocast, L_simple, backward, Adam."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x0 = (torch.rand(batch_size, 1, 28, 28, generator=g) * 2 - 1).to(device, memory_format=fmt)
     t = torch.randint(0, schedule.T, (batch_size,), generator=g).to(device)
-    noise = torch.randn(x0.shape, generator=g).to(device)
+    noise = torch.randn(x0.shape, generator=g).to(device, memory_format=fmt)
 
     def step():
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
@@ -101,21 +106,22 @@ def main():
     if args.compile:
         variants += [("fp32 torch.compile", False, False, True), ("bf16 autocast + torch.compile", True, False, True)]
     flops = flops_per_image(args.preset, args.batch_size)
-    rows = []
+    steps = {}
     for name, bf16, cl, compiled in variants:
         model = make_model(args.preset, channels_last=cl, device=args.device)
         if compiled:
             model = torch.compile(model)
-        try:
-            rows.append((name, rate(train_step_fn(model, schedule, args.batch_size, bf16, cl, args.device),
-                                    args.batch_size, args.seconds)))
-        except Exception as e:  # torch.compile needs a C++ toolchain; report instead of crashing
-            print(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-        print(f"  measured {name}", flush=True)
+        steps[name] = train_step_fn(model, schedule, args.batch_size, bf16, cl, args.device)
+    measured = rates(steps, args.batch_size, args.seconds)
+    rows = [(name, measured[name]) for name, *_ in variants if name in measured]
     n_params = sum(p.numel() for p in make_model(args.preset).parameters())
     print(f"\nmachine: {machine(args.device)}\nmodel: preset {args.preset!r}, {n_params:,} parameters, batch {args.batch_size}")
     print(f"training FLOPs per image (forward + backward, counted by torch): {flops / 1e9:.3f} GFLOP")
     print_table("training throughput", "images/s", rows, ("GFLOP/s", lambda v: v * flops / 1e9))
+    auto = choose_numerics(make_model(args.preset, device=args.device), device=args.device, purpose="train",
+                           batch_size=args.batch_size)
+    print_auto_pick(rows, {name: variant_name("bf16" if bf16 else "fp32", cl)
+                           for name, bf16, cl, compiled in variants if not compiled}, auto)
     if args.profile:
         print_conv_split(args.preset, schedule, args.batch_size)
 

@@ -27,48 +27,65 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-x0", action="store_true",
                    help="clip each step's prediction of x_0 to [-1, 1], as the paper's released code does")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the network")
-    p.add_argument("--device", default="cpu", help="where the network runs: cpu (default), cuda, cuda:1, ...")
+    _add_numerics_args(p, "the network")
+    p.add_argument("--device", default="cpu",
+                   help="where the network runs: cpu (default), auto (CUDA, then Apple MPS, then the CPU), cuda, "
+                        "cuda:1, mps")
+
+
+def _add_numerics_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help=f"arithmetic of {what}: fp32, bf16 autocast, or auto (default: the faster of the two on "
+                        "this machine, measured once and cached; `python -m ddpm_lib info` shows the choice)")
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16",
+                   help="the same as --precision bf16")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="force the channels_last memory format on or off (default: auto, measured like --precision)")
 
 
 def _device(name: str) -> torch.device:
-    """The torch device called ``name``, or a clear exit if this machine has none."""
+    """The torch device called ``name`` (``auto``: the best one present), or a clear exit if this machine has none."""
+    from .numerics import resolve_device
+
     try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise SystemExit(f"--device {name!r} is not a device name ({e}); use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: this machine has no CUDA GPU that torch can use; leave --device out "
-                         "to run on the CPU")
-    return device
+        return resolve_device(name)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}") from None
 
 
 def _draw(args) -> tuple[torch.Tensor, dict]:
     """Sample images as chosen on the command line; returns (x in [-1, 1], description)."""
     from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-    from .sampling import ddim_sample, ddpm_sample
+    from .sampling import ddim_sample, ddpm_sample, sampling_numerics
 
     ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
-    ckpt.model.to(_device(args.device))
+    device = _device(args.device)
+    ckpt.model.to(device)
     if args.n < 1:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}")
+    numerics = sampling_numerics(ckpt.model, device, min(args.batch_size, args.n), args.precision, args.channels_last)
+    fixed = {"precision": numerics.precision, "channels_last": numerics.channels_last}
     T = ckpt.schedule.T
     if args.sampler == "ddpm":
         if args.steps not in (None, T):
             raise SystemExit(f"--sampler ddpm runs all T={T} steps of the checkpoint's schedule; "
                              f"for {args.steps} steps use --sampler ddim")
         x = ddpm_sample(ckpt.model, ckpt.schedule, args.n, seed=args.seed, variance=args.variance,
-                        clip_x0=args.clip_x0, batch_size=args.batch_size, autocast_bf16=args.bf16,
-                        progress=sys.stderr.isatty())
+                        clip_x0=args.clip_x0, batch_size=args.batch_size, progress=sys.stderr.isatty(), **fixed)
         desc = {"sampler": "ddpm", "variance": args.variance, "steps": T, "clip_x0": args.clip_x0}
     else:
         steps = args.steps or 50
+        if not 1 <= steps <= T:
+            raise SystemExit(f"--steps must be between 1 and T={T} (the checkpoint's schedule) for --sampler ddim, "
+                             f"got {steps}")
         x = ddim_sample(ckpt.model, ckpt.schedule, args.n, steps=steps, eta=args.eta, seed=args.seed,
-                        clip_x0=args.clip_x0, batch_size=args.batch_size, autocast_bf16=args.bf16)
+                        clip_x0=args.clip_x0, batch_size=args.batch_size, **fixed)
         desc = {"sampler": "ddim", "eta": args.eta, "steps": steps, "clip_x0": args.clip_x0}
     # the batch size fixes the order of the random draws (each batch draws its x_T, then its z), so it
     # belongs to the description of what was sampled, like the seed
-    desc.update(batch_size=args.batch_size, bf16=args.bf16, device=args.device,
+    desc.update(batch_size=args.batch_size, **fixed, device=str(device),
                 train_step=ckpt.info.get("step"), train_seconds=ckpt.info.get("train_seconds"))
     return x, desc
 
@@ -158,10 +175,11 @@ def cmd_train(args) -> int:
                                                "warmup_steps", "cooldown_minutes", "checkpoint_every",
                                                "min_snr_gamma")
                  if getattr(args, k) is not None}
-    if args.bf16 is not None:
-        overrides["bf16"] = args.bf16
-    if args.max_minutes is not None and args.max_minutes <= 0:
-        overrides["max_minutes"] = None
+    overrides["precision"] = args.precision
+    if args.channels_last is not None:
+        overrides["channels_last"] = args.channels_last
+    if args.max_minutes == 0:
+        overrides["max_minutes"] = None   # 0: no time limit
     try:
         tc = replace(tc, **overrides)
     except ValueError as e:
@@ -182,7 +200,8 @@ def cmd_train(args) -> int:
     wall = time.perf_counter() - wall0
     state = "interrupted (resume with the same command)" if result.interrupted else "finished"
     print(f"{state} at step {result.step}: {result.seconds / 60:.1f} min of training in total, "
-          f"{wall / 60:.1f} min wall clock this session; EMA model in {out_dir / MODEL_FILE}")
+          f"{wall / 60:.1f} min wall clock this session, numerics {result.numerics.name}; "
+          f"EMA model in {out_dir / MODEL_FILE}")
     if args.export and not result.interrupted:
         import shutil
 
@@ -203,11 +222,27 @@ def cmd_export(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from . import numerics as num
     from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 
+    if args.clear_numerics_cache:
+        print(f"forgot {num.clear_cache()} numerics decisions ({num.cache_path()})")
+        return 0
     ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
-    print(json.dumps({"model_config": ckpt.config.to_dict(), "parameters": ckpt.model.num_parameters(),
-                      "schedule": {"kind": ckpt.schedule.kind, "T": ckpt.schedule.T}, "info": ckpt.info}, indent=2))
+    report = {"model_config": ckpt.config.to_dict(), "parameters": ckpt.model.num_parameters(),
+              "schedule": {"kind": ckpt.schedule.kind, "T": ckpt.schedule.T}, "info": ckpt.info}
+    if not args.no_numerics:
+        device = _device(args.device)
+        ckpt.model.to(device)
+        train_batch = args.train_batch_size or ckpt.info.get("train_config", {}).get("batch_size", 64)
+        print(f"measuring the numerics of this model on {device} (once; cached in {num.cache_path()}) ...",
+              file=sys.stderr, flush=True)
+        report["numerics"] = dict(num.summary(device))
+        for purpose, batch in (("train", train_batch), ("sample", args.sample_batch_size)):
+            choice = num.choose_numerics(ckpt.model, device=device, purpose=purpose, batch_size=batch)
+            report["numerics"][purpose] = {"batch_size": batch, "chosen": choice.name, "how": choice.source,
+                                           "probe_items_per_s": choice.rates}
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -240,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, help="run folder (default runs/PRESET)")
     p.add_argument("--export", default=None, help="copy the final EMA model checkpoint to this path")
     p.add_argument("--steps", type=int)
-    p.add_argument("--max-minutes", type=float, help="stop after this many minutes of training (0: no limit)")
+    p.add_argument("--max-minutes", type=float,
+                   help="stop after this many minutes of training (0: no limit, the preset's steps decide)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup-steps", type=int)
@@ -251,13 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast")
+    _add_numerics_args(p, "training")
     p.add_argument("--arch", choices=["unet", "simple"])
     p.add_argument("--base-channels", type=int)
     p.add_argument("--schedule", choices=["linear", "cosine"])
     p.add_argument("--T", type=int)
     p.add_argument("--data-dir", default=None, help="MNIST root (default $DDPM_DATA_DIR or ~/.cache/ddpm_lib/data)")
-    p.add_argument("--device", default="cpu", help="where the network trains: cpu (default), cuda, ...")
+    p.add_argument("--device", default="cpu",
+                   help="where the network trains: cpu (default), auto (CUDA, then MPS, then the CPU), cuda, mps")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the folder has a training state")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -268,8 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="export the raw (non-EMA) weights")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("info", help="print a checkpoint's config and training info")
+    p = sub.add_parser("info", help="print a checkpoint's config and training info, and the numerics this "
+                                    "machine runs it with")
     p.add_argument("--checkpoint", default=None)
+    p.add_argument("--device", default="cpu", help="the device whose numerics to show: cpu (default), auto, cuda, mps")
+    p.add_argument("--train-batch-size", type=int, default=None,
+                   help="batch of the training probe (default: the checkpoint's training batch)")
+    p.add_argument("--sample-batch-size", type=int, default=500, help="batch of the sampling probe (default 500)")
+    p.add_argument("--no-numerics", action="store_true", help="do not measure or show the numerics")
+    p.add_argument("--clear-numerics-cache", action="store_true",
+                   help="forget every cached numerics decision (they are measured again when next needed)")
     p.set_defaults(func=cmd_info)
     return parser
 

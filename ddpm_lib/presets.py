@@ -2,6 +2,12 @@
 
 ``python -m ddpm_lib train --preset NAME`` uses one; any option given on the
 command line overrides the preset's value.
+
+Presets are defined in optimizer steps, not minutes: the same command runs the
+same training (steps, data order, random draws) on every machine, and only the
+time it takes differs (``--max-minutes`` still stops a run on a time budget).
+None of them fixes the numerics: precision and memory format are ``auto``,
+chosen by measurement on the machine that trains (:mod:`ddpm_lib.numerics`).
 """
 
 from __future__ import annotations
@@ -23,23 +29,28 @@ class Recipe:
 
 _UNET = ModelConfig(arch="unet", base_channels=32, channel_mults=(1, 2, 2), num_res_blocks=1,
                     attention=True, dropout=0.0, norm_groups=8, num_timesteps=1000)
-_SHIPPED_TRAIN = TrainConfig(steps=1_000_000, batch_size=64, lr=1e-3, warmup_steps=500, ema_decay=0.999,
-                             grad_clip=1.0, seed=0, bf16=True, checkpoint_every=1000, log_every=50,
-                             max_minutes=55.0, snapshot_minutes=(10.0,))
+# The shipped run was first defined by time: 55 minutes of training on a 2-core Zen 4 CPU, which
+# reached step 10,646 (step 1,964 at the 10-minute mark). Those step counts now define the recipe.
+SHIPPED_STEPS, COFFEE_STEPS = 10_646, 1_964
+_SHIPPED_TRAIN = TrainConfig(steps=SHIPPED_STEPS, batch_size=64, lr=1e-3, warmup_steps=500, ema_decay=0.999,
+                             grad_clip=1.0, seed=0, checkpoint_every=1000, log_every=50,
+                             snapshot_steps=(COFFEE_STEPS,))
 
 PRESETS: dict[str, Recipe] = {
     "shipped": Recipe(
         _UNET, "linear", 1000, _SHIPPED_TRAIN,
-        "the shipped checkpoint: a 1.1M-parameter DDPM UNet, linear schedule T=1000, bf16 autocast, "
-        "constant LR after warm-up, 55 minutes of training on 2 CPU cores (EMA snapshot at 10 minutes)",
+        f"the shipped checkpoint: a 1.1M-parameter DDPM UNet, linear schedule T=1000, constant LR after "
+        f"warm-up, {SHIPPED_STEPS:,} steps of batch 64 (EMA snapshot at step {COFFEE_STEPS:,}); "
+        "55 minutes on a 2-core AVX-512 CPU, see the model card for other machines",
     ),
     "coffee": Recipe(
-        _UNET, "linear", 1000, replace(_SHIPPED_TRAIN, max_minutes=10.0, snapshot_minutes=()),
-        "the shipped recipe stopped after 10 minutes: the coffee-break point of the quality curve",
+        _UNET, "linear", 1000, replace(_SHIPPED_TRAIN, steps=COFFEE_STEPS, snapshot_steps=()),
+        f"the shipped recipe stopped at step {COFFEE_STEPS:,}: the coffee-break point of the quality curve "
+        "(10 minutes on a 2-core AVX-512 CPU)",
     ),
     "origin": Recipe(
         ModelConfig(arch="simple", base_channels=32, channel_mults=(1, 2, 2), num_timesteps=300),
-        "linear", 300, replace(_SHIPPED_TRAIN, bf16=False, max_minutes=10.0, snapshot_minutes=()),
+        "linear", 300, replace(_SHIPPED_TRAIN, steps=COFFEE_STEPS, snapshot_steps=()),
         "the origin project's design: SimpleUNet (time added once at the input, BatchNorm), T=300",
     ),
     "tiny": Recipe(

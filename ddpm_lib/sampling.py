@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .numerics import Numerics, choose_numerics
 from .schedule import DiffusionSchedule, _extract
 
 VARIANCES = ("beta", "beta_tilde", "none")
@@ -87,6 +88,27 @@ def p_sample(
     return mean + nonzero * sigma * noise
 
 
+def sampling_numerics(
+    model: nn.Module,
+    device: torch.device | str,
+    batch_size: int,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    image_shape: tuple | None = None,
+) -> Numerics:
+    """The precision and memory format the samplers run ``model`` with.
+
+    ``precision="auto"`` and ``channels_last=None`` (the defaults) pick the
+    fastest variant for this model, device and batch size, measured once and
+    cached (:func:`ddpm_lib.numerics.choose_numerics`); ``"fp32"``/``"bf16"``
+    and ``True``/``False`` force a choice. bf16 autocast draws images that
+    differ from fp32's by about 0.002 per pixel (``bench/sample_throughput.py
+    --agreement``); forced fp32 is what the tests that compare exact values use.
+    """
+    return choose_numerics(model, device=device, purpose="sample", batch_size=batch_size, precision=precision,
+                           channels_last=channels_last, image_shape=image_shape)
+
+
 @torch.no_grad()
 def ddpm_sample(
     model: nn.Module,
@@ -102,7 +124,8 @@ def ddpm_sample(
     batch_size: int = 500,
     record_every: int | None = None,
     progress: bool = False,
-    autocast_bf16: bool = False,
+    precision: str = "auto",
+    channels_last: bool | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ):
     """Draw ``n`` samples with Algorithm 2 over all T steps of ``schedule``.
@@ -112,7 +135,8 @@ def ddpm_sample(
     Reproducible: all noise comes from one generator (``seed`` or ``generator``),
     drawn in a fixed order (per batch: x_T first, then z for each step), so the
     same seed and ``batch_size`` give the same images. ``clip_x0``: see the
-    module docstring.
+    module docstring. ``precision`` and ``channels_last``: see
+    :func:`sampling_numerics` (by default the fastest for this machine, measured).
 
     Returns a float tensor (n, C, H, W) in roughly [-1, 1] (not clipped). With
     ``record_every=k`` it returns ``(x0, trajectory)`` where ``trajectory`` is a
@@ -136,33 +160,36 @@ def ddpm_sample(
         device = next(model.parameters()).device
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    numerics = sampling_numerics(model, device, min(batch_size, n), precision, channels_last, image_shape)
     was_training = model.training
     model.eval()
 
     outputs, trajectory = [], []
     steps = range(schedule.T - 1, -1, -1)
     try:
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            x = torch.randn((b, *image_shape), generator=generator).to(device)
-            iterator = steps
-            if progress:
-                from tqdm import tqdm
+        with numerics.applied_to(model):
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                x = torch.randn((b, *image_shape), generator=generator).to(device)
+                x = x.contiguous(memory_format=numerics.memory_format)
+                iterator = steps
+                if progress:
+                    from tqdm import tqdm
 
-                iterator = tqdm(steps, desc=f"sampling {start + b}/{n}", leave=False)
-            record = record_every is not None and start == 0
-            if record:
-                trajectory.append((schedule.T, x.cpu().clone()))
-            for i in iterator:
-                t = torch.full((b,), i, dtype=torch.long, device=device)
-                z = torch.randn((b, *image_shape), generator=generator).to(device)
-                with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    x = p_sample(model, schedule, x, t, noise=z, variance=variance, clip_x0=clip_x0).float()
-                if record and (i % record_every == 0):
-                    trajectory.append((i, x.cpu().clone()))
-                if callback is not None:
-                    callback(i, x)
-            outputs.append(x.cpu())
+                    iterator = tqdm(steps, desc=f"sampling {start + b}/{n}", leave=False)
+                record = record_every is not None and start == 0
+                if record:
+                    trajectory.append((schedule.T, x.cpu().clone()))
+                for i in iterator:
+                    t = torch.full((b,), i, dtype=torch.long, device=device)
+                    z = torch.randn((b, *image_shape), generator=generator).to(device)
+                    with numerics.autocast(device):
+                        x = p_sample(model, schedule, x, t, noise=z, variance=variance, clip_x0=clip_x0).float()
+                    if record and (i % record_every == 0):
+                        trajectory.append((i, x.cpu().clone()))
+                    if callback is not None:
+                        callback(i, x)
+                outputs.append(x.cpu().contiguous())
     finally:
         model.train(was_training)
     x0 = torch.cat(outputs)
@@ -189,7 +216,8 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
     batch_size: int = 500,
-    autocast_bf16: bool = False,
+    precision: str = "auto",
+    channels_last: bool | None = None,
 ) -> torch.Tensor:
     """DDIM sampling over ``steps`` of the T timesteps (Song et al. 2021, Eq. 12).
 
@@ -199,6 +227,7 @@ def ddim_sample(
     sigma = eta sqrt((1 - alpha_bar_{tau_{i-1}}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{tau_{i-1}}).
     ``eta = 0`` is the deterministic DDIM sampler; ``eta = 1`` with all T steps is DDPM with sigma_t^2 = beta_tilde_t.
     ``clip_x0`` clips x0_pred to [-1, 1] before it is used (eps_theta is kept as predicted).
+    ``precision``, ``channels_last``: see :func:`sampling_numerics`.
     """
     cfg = model.config
     if cfg.num_timesteps != schedule.T:
@@ -210,27 +239,30 @@ def ddim_sample(
     shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
     device = device or next(model.parameters()).device
     generator = generator or torch.Generator().manual_seed(0 if seed is None else seed)
+    numerics = sampling_numerics(model, device, min(batch_size, n), precision, channels_last)
     was_training = model.training
     model.eval()
     outputs = []
     try:
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            x = torch.randn((b, *shape), generator=generator).to(device)
-            for i in range(len(tau) - 1, -1, -1):
-                t_now = tau[i]
-                ab_t = float(ab[t_now])
-                ab_prev = float(ab[tau[i - 1]]) if i > 0 else 1.0
-                t = torch.full((b,), t_now, dtype=torch.long, device=device)
-                with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=autocast_bf16):
-                    eps = model(x, t).float()
-                x0_pred = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
-                if clip_x0:
-                    x0_pred = x0_pred.clamp(-1.0, 1.0)
-                sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
-                z = torch.randn((b, *shape), generator=generator).to(device)
-                x = math.sqrt(ab_prev) * x0_pred + math.sqrt(max(0.0, 1 - ab_prev - sigma**2)) * eps + sigma * z
-            outputs.append(x.cpu())
+        with numerics.applied_to(model):
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                x = torch.randn((b, *shape), generator=generator).to(device)
+                x = x.contiguous(memory_format=numerics.memory_format)
+                for i in range(len(tau) - 1, -1, -1):
+                    t_now = tau[i]
+                    ab_t = float(ab[t_now])
+                    ab_prev = float(ab[tau[i - 1]]) if i > 0 else 1.0
+                    t = torch.full((b,), t_now, dtype=torch.long, device=device)
+                    with numerics.autocast(device):
+                        eps = model(x, t).float()
+                    x0_pred = (x - math.sqrt(1 - ab_t) * eps) / math.sqrt(ab_t)
+                    if clip_x0:
+                        x0_pred = x0_pred.clamp(-1.0, 1.0)
+                    sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev))
+                    z = torch.randn((b, *shape), generator=generator).to(device)
+                    x = math.sqrt(ab_prev) * x0_pred + math.sqrt(max(0.0, 1 - ab_prev - sigma**2)) * eps + sigma * z
+                outputs.append(x.cpu().contiguous())
     finally:
         model.train(was_training)
     return torch.cat(outputs)

@@ -9,7 +9,9 @@
 average (EMA) of the weights (the paper samples with EMA weights, decay 0.9999
 over 800k steps; we use 0.999 for runs of a few thousand steps), learning-rate
 warm-up (and an optional cool-down at the end of a timed run), gradient
-clipping, optional bf16 autocast, periodic atomic checkpoints, exact resume, a
+clipping, the numerics this machine runs fastest (fp32 or bf16 autocast,
+contiguous or channels_last: :mod:`ddpm_lib.numerics`), periodic atomic
+checkpoints, exact resume, a
 clean stop on Ctrl-C or SIGTERM, and a hard stop with a clear message when the
 loss becomes NaN or infinite.
 
@@ -36,6 +38,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, read_tensors, save_checkpoint, save_tensors, schedule_to_dict
 from .models import ModelConfig, build_model
+from .numerics import PRECISIONS, Numerics, choose_numerics
 from .schedule import DiffusionSchedule, make_schedule
 
 STATE_FILE = "train_state.safetensors"
@@ -53,20 +56,32 @@ class TrainConfig:
     ema_decay: float = 0.999          # reached after a warm-up, see ema_decay_at
     grad_clip: float = 1.0
     seed: int = 0
-    bf16: bool = False               # bf16 autocast for the forward pass (CPU or CUDA)
-    channels_last: bool = False
+    precision: str = "auto"          # "auto" (measured, see ddpm_lib.numerics), "fp32" or "bf16" autocast
+    channels_last: bool | None = None  # None: auto (measured); True/False: forced
     checkpoint_every: int = 500      # steps between training-state checkpoints
     log_every: int = 50              # steps between entries of the loss history
     max_minutes: float | None = None  # stop after this much cumulative training time
     snapshot_minutes: tuple = ()     # export the EMA model when cumulative time passes these marks
+    snapshot_steps: tuple = ()       # ... and after these optimizer steps (the same on every machine)
     cooldown_minutes: float = 0.0    # LR falls linearly to 0 over the last minutes of max_minutes
     min_snr_gamma: float = 0.0       # 0: L_simple; > 0: Min-SNR-gamma weights, see diffusion_loss
 
     def __post_init__(self):
         self.snapshot_minutes = tuple(float(m) for m in self.snapshot_minutes)
+        self.snapshot_steps = tuple(int(s) for s in self.snapshot_steps)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a number above 0 (e.g. 1e-3), got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be at least 0 (0 turns clipping off), got {self.grad_clip}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ValueError(f"max_minutes must be above 0 (or unset: no time limit), got {self.max_minutes}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.min_snr_gamma < 0:
@@ -94,6 +109,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if "bf16" in d and "precision" not in d:     # written before precision was chosen by measurement
+            d["precision"] = "bf16" if d["bf16"] else "fp32"
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -149,6 +167,7 @@ class TrainResult:
     history: list = field(default_factory=list)  # [step, mean loss since last entry, seconds]
     interrupted: bool = False
     out_dir: Path | None = None
+    numerics: Numerics | None = None  # the precision and memory format the run used (ddpm_lib.numerics)
 
 
 class _StopFlag:
@@ -207,10 +226,11 @@ def _save_state(path: Path, model, ema_model, optimizer, generator, step, second
     save_tensors(path, tensors, metadata)
 
 
-# How long a run lasts, how it ends (the LR cool-down) and how often it saves may change between
-# resumes, so a finished run can be extended; the rest of the recipe may not.
-_RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "snapshot_minutes", "checkpoint_every",
-                      "log_every")
+# How long a run lasts, how it ends (the LR cool-down), how often it saves and how the arithmetic is
+# done (numerics: a run may move to another machine) may change between resumes, so a finished run
+# can be extended; the rest of the recipe may not.
+_RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "snapshot_minutes", "snapshot_steps",
+                      "checkpoint_every", "log_every", "precision", "channels_last")
 
 
 def _recipe(config: TrainConfig) -> dict:
@@ -300,7 +320,11 @@ def train(
     ema_model = copy.deepcopy(model).eval()
     for p in ema_model.parameters():
         p.requires_grad_(False)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    numerics = choose_numerics(model, device=device, purpose="train", batch_size=config.batch_size,
+                               precision=config.precision, channels_last=config.channels_last)
+    if progress:
+        print(f"numerics: {numerics.describe()}", flush=True)
+    memory_format = numerics.memory_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
@@ -323,14 +347,16 @@ def train(
                         model_config, schedule, config)
 
     def export(path):
-        info = {"step": step, "train_seconds": round(seconds, 1), "train_config": asdict(config)}
+        info = {"step": step, "train_seconds": round(seconds, 1), "train_config": asdict(config),
+                "numerics": {"precision": numerics.precision, "channels_last": numerics.channels_last,
+                             "device": device.type}}
         save_checkpoint(path, ema_model, schedule, info)
 
     n = len(data)
     per_epoch = n // config.batch_size
     epoch, perm = None, None
     done_snapshots = {m for m in config.snapshot_minutes if seconds >= 60 * m}
-    result = TrainResult(model, ema_model, schedule, step, seconds, history, False, out_dir)
+    result = TrainResult(model, ema_model, schedule, step, seconds, history, False, out_dir, numerics)
     bar = None
     if progress:
         from tqdm import tqdm  # plain tqdm: works in terminals and headless notebook runs
@@ -353,16 +379,18 @@ def train(
             t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)   # t ~ Uniform
             noise = torch.randn(x0.shape, generator=generator)                      # eps ~ N(0, I)
             x0, t, noise = (v.to(device, non_blocking=True) for v in (x0, t, noise))
-            x0 = x0.contiguous(memory_format=memory_format)
+            # x_0 and eps in the model's memory format: mixing formats in q_sample and the loss costs more
+            # than channels_last saves
+            x0, noise = x0.contiguous(memory_format=memory_format), noise.contiguous(memory_format=memory_format)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step, seconds)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            with numerics.autocast(device):
                 loss = diffusion_loss(model, schedule, x0, t, noise, config.min_snr_gamma)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"the loss became {loss.item()} at step {step + 1}; training stopped. The last good "
                     f"training state (if any) is left untouched in {out_dir}. Lower the learning rate "
-                    f"(now {config.lr}), keep gradient clipping on, or turn off bf16, then resume."
+                    f"(now {config.lr}), keep gradient clipping on, or train in fp32 (--precision fp32), then resume."
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -388,6 +416,8 @@ def train(
                 if m not in done_snapshots and seconds >= 60 * m and out_dir is not None:
                     export(out_dir / f"model_{m:g}min.safetensors")
                     done_snapshots.add(m)
+            if step in config.snapshot_steps and out_dir is not None:
+                export(out_dir / f"model_step{step}.safetensors")
             if step % config.checkpoint_every == 0:
                 save()
         if count:

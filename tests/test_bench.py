@@ -24,3 +24,16 @@ def test_train_throughput_profile_splits_the_step():
     ceiling = float(re.search(r"bf16 would train ([\d.]+)x as fast as fp32", out)[1])
     # the ceiling is the fp32 step over bf16's convolutions alone
     assert ceiling == pytest.approx(rows["fp32 eager"][2] / rows["bf16 autocast"][0], rel=0.01)
+
+
+@pytest.mark.parametrize("script, extra", [("train_throughput.py", []), ("sample_throughput.py", ["--batch-size", "8"])])
+def test_benches_name_the_variant_auto_picks(script, extra):
+    out = subprocess.run([sys.executable, str(BENCH / script), "--preset", "tiny", "--seconds", "0.1", *extra],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = dict(re.findall(r"^((?:fp32|bf16)[\w +()]*?)\s{2,}([\d.]+)\s+[\d.]+x", out, re.M))
+    assert {"fp32 (baseline)", "fp32 eager (baseline)"} & set(rows) and len(rows) == 4, out
+    picked = re.search(r"^auto picks: (.+?) \((probe|cache|feature check)\); (\d+)% of the fastest", out, re.M)
+    assert picked and picked[1] in rows, out
+    # the share printed is the picked row's rate over the fastest row's
+    assert int(picked[3]) == pytest.approx(100 * float(rows[picked[1]]) / max(map(float, rows.values())), abs=1)
+    assert "oneDNN bf16" in out     # the machine line says whether bf16 is native here

@@ -123,3 +123,49 @@ def test_device_requests_fail_clearly(tiny_checkpoint, tmp_path):
             main(["sample", "--checkpoint", str(tiny_checkpoint), "--device", "cuda", "--out", str(tmp_path / "x.npy")])
     with pytest.raises(SystemExit, match="must end in .npy"):
         main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--samples-out", str(tmp_path / "x.png")])
+
+
+def test_numerics_options_are_obeyed_and_recorded(tiny_checkpoint, tmp_path, capsys):
+    common = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--n", "8", "--sampler", "ddim", "--steps", "3"]
+    assert main(common + ["--precision", "fp32", "--no-channels-last"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["precision"], report["channels_last"], report["device"]) == ("fp32", False, "cpu")
+    assert main(common + ["--bf16", "--channels-last"]) == 0          # --bf16 is --precision bf16
+    report = json.loads(capsys.readouterr().out)
+    assert (report["precision"], report["channels_last"]) == ("bf16", True)
+    assert main(common) == 0                                           # auto: whatever was measured fastest
+    report = json.loads(capsys.readouterr().out)
+    assert report["precision"] in ("fp32", "bf16") and isinstance(report["channels_last"], bool)
+    with pytest.raises(SystemExit):
+        main(common + ["--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_info_shows_and_clears_the_numerics(tiny_checkpoint, capsys):
+    assert main(["info", "--checkpoint", str(tiny_checkpoint), "--sample-batch-size", "16"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    num = report["numerics"]
+    assert num["device"] == "cpu" and isinstance(num["bf16_native"], bool)
+    assert num["train"]["batch_size"] == 64 and num["sample"]["batch_size"] == 16
+    for purpose in ("train", "sample"):
+        assert num[purpose]["how"] in ("probe", "cache", "feature check")
+        assert num[purpose]["chosen"].split()[0] in ("fp32", "bf16")
+    assert main(["info", "--checkpoint", str(tiny_checkpoint), "--sample-batch-size", "16"]) == 0
+    again = json.loads(capsys.readouterr().out)["numerics"]
+    assert again["sample"]["chosen"] == num["sample"]["chosen"] and again["sample"]["how"] in ("cache", "feature check")
+    assert main(["info", "--clear-numerics-cache"]) == 0
+    assert "forgot" in capsys.readouterr().out
+
+
+def test_out_of_range_options_get_one_line_errors(tiny_checkpoint, tmp_path):
+    with pytest.raises(SystemExit, match=r"--steps must be between 1 and T=100 .* got 5000"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "ddim", "--steps", "5000",
+              "--out", str(tmp_path / "x.npy")])
+    for option, value, message in [("--lr", "nan", "--lr must be a number above 0"),
+                                   ("--max-minutes", "-1", "--max-minutes must be above 0"),
+                                   ("--warmup-steps", "-5", "--warmup-steps must be at least 0")]:
+        with pytest.raises(SystemExit, match=message):
+            main(["train", "--preset", "tiny", option, value, "--out-dir", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="--batch-size must be at least 1"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--batch-size", "0", "--out", str(tmp_path / "x.npy")])

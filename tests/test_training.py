@@ -217,3 +217,28 @@ def test_cuda_training_draws_the_same_batches_as_the_cpu(tmp_path):
         assert torch.allclose(x, y.cpu(), atol=2e-2), k  # 10 Adam steps of at most lr = 1e-3 each
     resumed = train(TINY, SCHEDULE, config(12), tiny_data(), tmp_path / "gpu", progress=False, device="cuda")
     assert resumed.step == 12 and next(resumed.model.parameters()).is_cuda
+
+
+def test_numerics_may_change_on_resume(tmp_path):
+    """How the arithmetic is done is not part of the recipe: a run can move to a machine that does it otherwise."""
+    data = tiny_data()
+    train(TINY, SCHEDULE, config(4, precision="fp32", channels_last=False), data, tmp_path, progress=False)
+    resumed = train(TINY, SCHEDULE, config(6, precision="fp32", channels_last=True), data, tmp_path, progress=False)
+    assert resumed.step == 6
+    info = load_checkpoint(tmp_path / "model.safetensors").info
+    assert info["numerics"] == {"precision": "fp32", "channels_last": True, "device": "cpu"}
+
+
+def test_train_config_reads_the_bf16_flag_of_older_states():
+    old = {**config(4).__dict__, "bf16": True}
+    del old["precision"], old["channels_last"]
+    assert TrainConfig.from_dict(old).precision == "bf16"
+    assert TrainConfig.from_dict({**old, "bf16": False}).precision == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        config(4, precision="fp16")
+
+
+def test_snapshot_steps_export_the_ema_model(tmp_path):
+    result = train(TINY, SCHEDULE, config(6, snapshot_steps=(3,)), tiny_data(), tmp_path, progress=False)
+    snap = load_checkpoint(tmp_path / "model_step3.safetensors")
+    assert snap.info["step"] == 3 and result.step == 6
