@@ -164,6 +164,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from . import distributed
     from .data import load_mnist
     from .presets import PRESETS
     from .schedule import make_schedule
@@ -173,7 +174,7 @@ def cmd_train(args) -> int:
     model_cfg, tc = recipe.model, recipe.train
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "max_minutes", "ema_decay",
                                                "warmup_steps", "cooldown_minutes", "checkpoint_every",
-                                               "min_snr_gamma")
+                                               "min_snr_gamma", "accum_steps")
                  if getattr(args, k) is not None}
     overrides["precision"] = args.precision
     if args.channels_last is not None:
@@ -191,13 +192,27 @@ def cmd_train(args) -> int:
     model_over = {k: getattr(args, k) for k in ("arch", "base_channels") if getattr(args, k) is not None}
     model_cfg = replace(model_cfg, num_timesteps=T, **model_over)
     out_dir = Path(args.out_dir or f"runs/{args.preset}")
-    print(f"preset {args.preset!r}: {recipe.about}\nmodel {model_cfg}\nschedule {sched_kind} T={T}\ntrain {tc}\n"
-          f"writing to {out_dir}", flush=True)
+    if args.dist_timeout <= 0:
+        raise SystemExit(f"--dist-timeout must be above 0 seconds, got {args.dist_timeout}")
+    ranks = distributed.from_env()
+    parts = ranks.world_size * tc.accum_steps
+    if tc.batch_size % parts:
+        raise SystemExit(f"--batch-size {tc.batch_size} must divide into {ranks.world_size} processes x --accum-steps "
+                         f"{tc.accum_steps} equal parts: use a multiple of {parts}")
+    if ranks.is_main:
+        print(f"preset {args.preset!r}: {recipe.about}\nmodel {model_cfg}\nschedule {sched_kind} T={T}\ntrain {tc}\n"
+              + (f"processes {ranks.world_size} (torchrun), {tc.batch_size // ranks.world_size} images each per step\n"
+                 if ranks.enabled else "") + f"writing to {out_dir}", flush=True)
     data = load_mnist("train", args.data_dir).as_model_input()
     wall0 = time.perf_counter()
-    result = train(model_cfg, make_schedule(sched_kind, T), tc, data, out_dir, resume=not args.no_resume,
-                   progress=not args.no_progress, device=_device(args.device))
+    try:
+        result = train(model_cfg, make_schedule(sched_kind, T), tc, data, out_dir, resume=not args.no_resume,
+                       progress=not args.no_progress, device=_device(args.device), dist_timeout_s=args.dist_timeout)
+    finally:
+        distributed.teardown()
     wall = time.perf_counter() - wall0
+    if not ranks.is_main:
+        return 130 if result.interrupted else 0
     state = "interrupted (resume with the same command)" if result.interrupted else "finished"
     print(f"{state} at step {result.step}: {result.seconds / 60:.1f} min of training in total, "
           f"{wall / 60:.1f} min wall clock this session, numerics {result.numerics.name}; "
@@ -282,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--cooldown-minutes", type=float,
                    help="decay the LR linearly to 0 over the last minutes of --max-minutes (0: constant LR)")
+    p.add_argument("--accum-steps", type=int,
+                   help="split each process's share of a batch into this many parts whose gradients add up "
+                        "(the same effective batch with less memory)")
+    p.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="under torchrun: seconds a process waits for the others before the job fails (default 300)")
     p.add_argument("--min-snr-gamma", type=float,
                    help="weight the loss at timestep t by min(SNR_t, gamma)/SNR_t (Hang et al. 2023; 0: L_simple)")
     p.add_argument("--ema-decay", type=float)

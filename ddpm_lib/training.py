@@ -22,6 +22,7 @@ interrupted and resumed produces the same model as one that was not.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -36,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .checkpoint import CheckpointError, read_tensors, save_checkpoint, save_tensors, schedule_to_dict
 from .models import ModelConfig, build_model
 from .numerics import PRECISIONS, Numerics, choose_numerics
@@ -65,13 +67,14 @@ class TrainConfig:
     snapshot_steps: tuple = ()       # ... and after these optimizer steps (the same on every machine)
     cooldown_minutes: float = 0.0    # LR falls linearly to 0 over the last minutes of max_minutes
     min_snr_gamma: float = 0.0       # 0: L_simple; > 0: Min-SNR-gamma weights, see diffusion_loss
+    accum_steps: int = 1             # split each process's share of a batch into this many accumulated parts
 
     def __post_init__(self):
         self.snapshot_minutes = tuple(float(m) for m in self.snapshot_minutes)
         self.snapshot_steps = tuple(int(s) for s in self.snapshot_steps)
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "accum_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -227,10 +230,10 @@ def _save_state(path: Path, model, ema_model, optimizer, generator, step, second
 
 
 # How long a run lasts, how it ends (the LR cool-down), how often it saves and how the arithmetic is
-# done (numerics: a run may move to another machine) may change between resumes, so a finished run
-# can be extended; the rest of the recipe may not.
+# done (numerics, gradient accumulation, the number of processes: a run may move to another machine)
+# may change between resumes, so a finished run can be extended; the rest of the recipe may not.
 _RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "snapshot_minutes", "snapshot_steps",
-                      "checkpoint_every", "log_every", "precision", "channels_last")
+                      "checkpoint_every", "log_every", "precision", "channels_last", "accum_steps")
 
 
 def _recipe(config: TrainConfig) -> dict:
@@ -289,6 +292,7 @@ def train(
     progress: bool = True,
     callback: Callable[[int, float, "TrainResult"], None] | None = None,
     device: torch.device | str | None = None,
+    dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S,
 ) -> TrainResult:
     """Run Algorithm 1 on ``data`` (float images (N, C, H, W) in [-1, 1]).
 
@@ -303,6 +307,14 @@ def train(
     generator and are then moved, so a run draws the same batches, t and
     noise on every device; only the arithmetic differs (and dropout, which
     draws from the device's own generator).
+
+    Started by torchrun with several processes, each process trains a replica
+    on its slice of every batch (:mod:`ddpm_lib.distributed`); the batch of a
+    step stays ``config.batch_size`` images whatever the number of processes,
+    and ``config.accum_steps`` splits each slice further (gradient
+    accumulation). Rank 0 alone writes files and shows progress; a stop
+    (Ctrl-C, SIGTERM, the time budget) on any rank stops every rank at the same
+    step; ``dist_timeout_s`` bounds how long a rank waits for a dead one.
     """
     if data.dim() != 4 or data.shape[1:] != (model_config.image_channels, model_config.image_size, model_config.image_size):
         raise ValueError(
@@ -315,23 +327,41 @@ def train(
         raise ValueError(f"model_config.num_timesteps={model_config.num_timesteps} but the schedule has T={schedule.T}")
     out_dir = Path(out_dir) if out_dir is not None else None
     device = torch.device(device or "cpu")
+    ranks = distributed.from_env()
+    if device.type == "cuda" and ranks.enabled:
+        device = torch.device("cuda", ranks.local_rank)
+    parts = ranks.world_size * config.accum_steps
+    if config.batch_size % parts:
+        raise ValueError(
+            f"batch_size={config.batch_size} must divide into {ranks.world_size} processes x accum_steps="
+            f"{config.accum_steps} equal parts; choose a batch size that is a multiple of {parts}"
+        )
+    micro = config.batch_size // parts
+    ranks = distributed.setup(device, dist_timeout_s)
+    progress = progress and ranks.is_main
     torch.manual_seed(config.seed)
     model = build_model(model_config).to(device)
     ema_model = copy.deepcopy(model).eval()
     for p in ema_model.parameters():
         p.requires_grad_(False)
-    numerics = choose_numerics(model, device=device, purpose="train", batch_size=config.batch_size,
-                               precision=config.precision, channels_last=config.channels_last)
+    numerics = None
+    if ranks.is_main:   # one probe, on rank 0, for every rank: ranks probing side by side would disturb each other
+        numerics = choose_numerics(model, device=device, purpose="train", batch_size=micro,
+                                   precision=config.precision, channels_last=config.channels_last)
+    numerics = distributed.broadcast(numerics, ranks)
     if progress:
         print(f"numerics: {numerics.describe()}", flush=True)
     memory_format = numerics.memory_format
     model = model.to(memory_format=memory_format)
+    net = model
+    if ranks.enabled:   # averages the replicas' gradients during backward; identical initial weights by the seed
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
 
     step, seconds, history = 0, 0.0, []
     state_path = out_dir / STATE_FILE if out_dir is not None else None
-    if out_dir is not None and out_dir.is_dir():
+    if ranks.is_main and out_dir is not None and out_dir.is_dir():
         # A run killed outright (SIGKILL, power loss) mid-save leaves its temporary file behind;
         # the checkpoint itself is intact (atomic_write_bytes only renames complete files).
         for stale in out_dir.glob(".*.safetensors.*.tmp"):
@@ -339,17 +369,20 @@ def train(
     if state_path is not None and state_path.exists() and resume:
         step, seconds, history = _load_state(state_path, model, ema_model, optimizer, generator,
                                              model_config, schedule, config)
-        print(f"resuming from step {step} ({seconds / 60:.1f} min of training so far)", flush=True)
+        if ranks.is_main:
+            print(f"resuming from step {step} ({seconds / 60:.1f} min of training so far)", flush=True)
 
     def save():
-        if state_path is not None:
+        if state_path is not None and ranks.is_main:
             _save_state(state_path, model, ema_model, optimizer, generator, step, seconds, history,
                         model_config, schedule, config)
 
     def export(path):
+        if not ranks.is_main:
+            return
         info = {"step": step, "train_seconds": round(seconds, 1), "train_config": asdict(config),
                 "numerics": {"precision": numerics.precision, "channels_last": numerics.channels_last,
-                             "device": device.type}}
+                             "device": device.type}, "processes": ranks.world_size}
         save_checkpoint(path, ema_model, schedule, info)
 
     n = len(data)
@@ -366,41 +399,54 @@ def train(
     def out_of_time():
         return config.max_minutes is not None and seconds >= 60 * config.max_minutes
 
-    running, count = 0.0, 0
+    running, count, stopping = 0.0, 0, False
     model.train()
     with _StopFlag() as stop:
-        while step < config.steps and not out_of_time() and not stop.requested:
+        while step < config.steps and not out_of_time() and not stopping:
             t0 = time.perf_counter()
             if epoch != step // per_epoch:
                 epoch = step // per_epoch
                 perm = _epoch_permutation(n, config.seed, epoch)
             i = step % per_epoch
+            # every process draws the whole batch, as one process would, and keeps its slice
             x0 = data[perm[i * config.batch_size:(i + 1) * config.batch_size]]
             t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)   # t ~ Uniform
             noise = torch.randn(x0.shape, generator=generator)                      # eps ~ N(0, I)
-            x0, t, noise = (v.to(device, non_blocking=True) for v in (x0, t, noise))
+            x0, t, noise = (distributed.shard(v, ranks).to(device, non_blocking=True) for v in (x0, t, noise))
             # x_0 and eps in the model's memory format: mixing formats in q_sample and the loss costs more
             # than channels_last saves
             x0, noise = x0.contiguous(memory_format=memory_format), noise.contiguous(memory_format=memory_format)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(step, seconds)
-            with numerics.autocast(device):
-                loss = diffusion_loss(model, schedule, x0, t, noise, config.min_snr_gamma)
-            if not torch.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            local_loss = 0.0
+            for k in range(config.accum_steps):
+                part = slice(k * micro, (k + 1) * micro)
+                # gradients are all-reduced once, with the last part's backward
+                sync = contextlib.nullcontext() if not ranks.enabled or k == config.accum_steps - 1 else net.no_sync()
+                with sync:
+                    with numerics.autocast(device):
+                        loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], config.min_snr_gamma)
+                    (loss / config.accum_steps).backward()
+                local_loss += loss.item() / config.accum_steps
+            step_loss = distributed.all_reduce([local_loss], ranks)[0] / ranks.world_size   # the mean over the batch
+            if not math.isfinite(step_loss):   # the same value on every rank: all stop here, nothing updated
                 raise FloatingPointError(
-                    f"the loss became {loss.item()} at step {step + 1}; training stopped. The last good "
+                    f"the loss became {step_loss} at step {step + 1}; training stopped. The last good "
                     f"training state (if any) is left untouched in {out_dir}. Lower the learning rate "
                     f"(now {config.lr}), keep gradient clipping on, or train in fp32 (--precision fp32), then resume."
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             ema_update(ema_model, model, ema_decay_at(step, config.ema_decay))
             step += 1
-            seconds += time.perf_counter() - t0
-            running += loss.item()
+            # one clock and one stop decision for all ranks: the slowest rank's step time, any rank's request
+            step_seconds, stop_requested = distributed.all_reduce([time.perf_counter() - t0, float(stop.requested)],
+                                                                 ranks, op="max")
+            seconds += step_seconds
+            stopping = bool(stop_requested)
+            running += step_loss
             count += 1
             if step % config.log_every == 0 or step == config.steps:
                 history.append([step, running / count, round(seconds, 2)])
@@ -425,8 +471,9 @@ def train(
         save()
         if out_dir is not None:
             export(out_dir / MODEL_FILE)
-        result.interrupted = stop.requested
+        result.interrupted = stopping or (stop.requested and not ranks.enabled)
     if bar is not None:
         bar.close()
+    distributed.barrier(ranks)   # no rank leaves before rank 0 has written the final state
     result.step, result.seconds, result.history = step, seconds, history
     return result

@@ -23,7 +23,8 @@ def test_train_throughput_profile_splits_the_step():
         assert conv > 0 and rest > 0 and abs(conv + rest - step) <= 0.2, out   # the split adds up to the step
     ceiling = float(re.search(r"bf16 would train ([\d.]+)x as fast as fp32", out)[1])
     # the ceiling is the fp32 step over bf16's convolutions alone
-    assert ceiling == pytest.approx(rows["fp32 eager"][2] / rows["bf16 autocast"][0], rel=0.01)
+    # (printed with two decimals: under the AVX2 cap bf16 is so slow that the ceiling is about 0.1)
+    assert ceiling == pytest.approx(rows["fp32 eager"][2] / rows["bf16 autocast"][0], rel=0.01, abs=0.006)
 
 
 @pytest.mark.parametrize("script, extra", [("train_throughput.py", []), ("sample_throughput.py", ["--batch-size", "8"])])

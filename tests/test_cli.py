@@ -163,7 +163,11 @@ def test_out_of_range_options_get_one_line_errors(tiny_checkpoint, tmp_path):
               "--out", str(tmp_path / "x.npy")])
     for option, value, message in [("--lr", "nan", "--lr must be a number above 0"),
                                    ("--max-minutes", "-1", "--max-minutes must be above 0"),
-                                   ("--warmup-steps", "-5", "--warmup-steps must be at least 0")]:
+                                   ("--warmup-steps", "-5", "--warmup-steps must be at least 0"),
+                                   ("--accum-steps", "0", "--accum-steps must be at least 1"),
+                                   ("--accum-steps", "3", "--batch-size 64 must divide into 1 processes x "
+                                                          "--accum-steps 3 equal parts: use a multiple of 3"),
+                                   ("--dist-timeout", "0", "--dist-timeout must be above 0 seconds")]:
         with pytest.raises(SystemExit, match=message):
             main(["train", "--preset", "tiny", option, value, "--out-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()

@@ -128,8 +128,10 @@ def test_every_variant_samples_the_same_images(cache):
     assert torch.allclose(d_ref, d_cl, rtol=1e-4, atol=1e-3)
 
 
-def _run_capped(code: str, cache_dir) -> dict:
-    env = {**os.environ, **AVX2_CAP, "DDPM_CACHE_DIR": str(cache_dir)}
+def _run_capped(code: str, cache_dir, capped: bool = True) -> dict:
+    """Run ``code`` in a fresh interpreter with the AVX2 cap (or with no cap at all); returns its last JSON line."""
+    env = {k: v for k, v in os.environ.items() if k not in (*AVX2_CAP, "DNNL_MAX_CPU_ISA")}
+    env.update(AVX2_CAP if capped else {}, DDPM_CACHE_DIR=str(cache_dir))
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                          timeout=600, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -166,16 +168,18 @@ def test_under_the_avx2_cap_auto_keeps_fp32_and_the_probe_agrees(tmp_path):
 
 @x86
 def test_the_cap_is_part_of_the_cache_key(tmp_path, monkeypatch):
-    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path))
-    choose_numerics(tiny_model(), purpose="sample", batch_size=4, precision="fp32")
-    _run_capped("""
+    """A decision taken under the cap is never reused without it, and the other way round."""
+    code = """
         import json, torch
         from ddpm_lib import numerics
         from ddpm_lib.models import ModelConfig, build_model
         cfg = ModelConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=50)
         print(json.dumps(numerics.choose_numerics(build_model(cfg), purpose="sample", batch_size=4,
                                                   precision="fp32").source))
-    """, tmp_path)
-    keys = [e["key"]["machine"] for e in numerics.cached_decisions()]
-    assert len(keys) == 2 and {k["capability"] for k in keys} >= {"AVX2"}
-    assert AVX2_CAP in [k["cap"] for k in keys]
+    """
+    assert _run_capped(code, tmp_path, capped=False) == "probe"
+    assert _run_capped(code, tmp_path, capped=True) == "probe"      # not the uncapped decision
+    assert _run_capped(code, tmp_path, capped=False) == "cache"
+    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path))
+    caps = [e["key"]["machine"]["cap"] for e in numerics.cached_decisions()]
+    assert sorted(caps, key=len) == [{}, AVX2_CAP]

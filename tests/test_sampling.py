@@ -125,9 +125,12 @@ def test_ddim_eta1_all_steps_is_ddpm_with_beta_tilde():
     torch.manual_seed(0)
     m = build_model(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=30)
     s = make_schedule("linear", 30)
-    a = ddpm_sample(m, s, 2, seed=3, variance="beta_tilde")
-    b = ddim_sample(m, s, 2, steps=30, eta=1.0, seed=3)
-    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)  # an untrained net: values grow large
+    fp32 = {"precision": "fp32", "channels_last": False}
+    a = ddpm_sample(m, s, 2, seed=3, variance="beta_tilde", **fp32)
+    b = ddim_sample(m, s, 2, steps=30, eta=1.0, seed=3, **fp32)
+    # two formulas for one step: equal up to float rounding, which an untrained net (values in the
+    # thousands) magnifies; so the tolerance is relative to the largest value
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * a.abs().max().item())
 
 
 def test_ddim_timesteps():
