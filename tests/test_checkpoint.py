@@ -106,3 +106,21 @@ def test_shipped_checkpoint_loads():
     assert SHIPPED_CHECKPOINT.stat().st_size < 20e6
     out = ckpt.model(torch.zeros(2, 1, 28, 28), torch.tensor([0, ckpt.schedule.T - 1]))
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("where", ["bf16", "channels_last", "cuda"])
+def test_a_checkpoint_from_any_device_or_dtype_loads_on_the_cpu(tmp_path, where):
+    """Training may keep its weights in another dtype, memory format or device: the file is the same kind."""
+    if where == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    cfg = ModelConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=50)
+    model = build_model(cfg)
+    moved = {"bf16": lambda m: m.to(torch.bfloat16), "channels_last": lambda m: m.to(memory_format=torch.channels_last),
+             "cuda": lambda m: m.to("cuda")}[where](build_model(cfg))
+    moved.load_state_dict(model.state_dict())
+    save_checkpoint(tmp_path / "m.safetensors", moved, make_schedule("linear", 50), {"where": where})
+    loaded = load_checkpoint(tmp_path / "m.safetensors")
+    for (k, a), b in zip(loaded.model.state_dict().items(), moved.state_dict().values()):
+        assert a.device.type == "cpu" and a.dtype == torch.float32 and a.is_contiguous(), k
+        assert torch.equal(a, b.float().cpu()), k     # bf16 weights come back as the fp32 values they hold

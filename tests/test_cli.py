@@ -167,7 +167,10 @@ def test_out_of_range_options_get_one_line_errors(tiny_checkpoint, tmp_path):
                                    ("--accum-steps", "0", "--accum-steps must be at least 1"),
                                    ("--accum-steps", "3", "--batch-size 64 must divide into 1 processes x "
                                                           "--accum-steps 3 equal parts: use a multiple of 3"),
-                                   ("--dist-timeout", "0", "--dist-timeout must be above 0 seconds")]:
+                                   ("--dist-timeout", "0", "--dist-timeout must be above 0 seconds"),
+                                   ("--image-size", "29", "--image-size must be a multiple of 2"),
+                                   ("--data", "svhn", "--data must be one of mnist, fashion-mnist, cifar10, "
+                                                      "imagefolder:PATH, got 'svhn'")]:
         with pytest.raises(SystemExit, match=message):
             main(["train", "--preset", "tiny", option, value, "--out-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
