@@ -183,3 +183,23 @@ def test_the_cap_is_part_of_the_cache_key(tmp_path, monkeypatch):
     monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path))
     caps = [e["key"]["machine"]["cap"] for e in numerics.cached_decisions()]
     assert sorted(caps, key=len) == [{}, AVX2_CAP]
+
+
+def test_a_model_the_probe_cannot_run_falls_back_to_fp32(cache):
+    """A model of one's own, without a config, that refuses the probe's timesteps: sampling still works."""
+
+    class SmallT(torch.nn.Module):            # knows only t < 10; the probe draws t up to 999
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(0.1))
+
+        def forward(self, x, t):
+            if int(t.max()) >= 10:
+                raise ValueError(f"t must be below 10, got {int(t.max())}")
+            return self.scale * x
+
+    chosen = choose_numerics(SmallT(), purpose="sample", batch_size=4, image_shape=(1, 8, 8))
+    assert chosen == Numerics("fp32", False) and chosen.source.startswith("fallback")
+    assert not cache.exists()                # nothing measured, nothing cached
+    x = ddpm_sample(SmallT(), make_schedule("cosine", 10), 3, seed=0, image_shape=(1, 8, 8))
+    assert x.shape == (3, 1, 8, 8) and torch.isfinite(x).all()
