@@ -214,10 +214,10 @@ def cmd_train(args) -> int:
     if args.dist_timeout <= 0:
         raise SystemExit(f"--dist-timeout must be above 0 seconds, got {args.dist_timeout}")
     ranks = distributed.from_env()
-    parts = ranks.world_size * tc.accum_steps
-    if tc.batch_size % parts:
-        raise SystemExit(f"--batch-size {tc.batch_size} must divide into {ranks.world_size} processes x --accum-steps "
-                         f"{tc.accum_steps} equal parts: use a multiple of {parts}")
+    try:
+        tc.micro_batch(ranks.world_size)
+    except ValueError as e:
+        raise SystemExit(f"error: {_as_options(str(e), ('batch_size', 'accum_steps'))}") from None
     if ranks.is_main:
         print(f"preset {args.preset!r}: {recipe.about}\nmodel {model_cfg}\nschedule {sched_kind} T={T}\ntrain {tc}\n"
               + (f"processes {ranks.world_size} (torchrun), {tc.batch_size // ranks.world_size} images each per step\n"
@@ -271,7 +271,7 @@ def cmd_info(args) -> int:
         train_batch = args.train_batch_size or ckpt.info.get("train_config", {}).get("batch_size", 64)
         print(f"measuring the numerics of this model on {device} (once; cached in {num.cache_path()}) ...",
               file=sys.stderr, flush=True)
-        report["numerics"] = dict(num.summary(device))
+        report["numerics"] = num.summary(device)
         for purpose, batch in (("train", train_batch), ("sample", args.sample_batch_size)):
             choice = num.choose_numerics(ckpt.model, device=device, purpose=purpose, batch_size=batch)
             report["numerics"][purpose] = {"batch_size": batch, "chosen": choice.name, "how": choice.source,

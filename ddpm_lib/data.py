@@ -279,5 +279,4 @@ def _image_folder(path: Path, channels: int, size: int) -> torch.Tensor:
                 arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, channels))
         except OSError as e:
             raise DataUnavailableError(f"--data imagefolder:{path}: cannot read {file} as an image ({e})") from None
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    return images.float().div(127.5).sub(1.0).contiguous()
+    return to_model_range(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)).contiguous()

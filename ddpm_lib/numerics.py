@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import inspect
 import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -173,25 +174,24 @@ def bf16_native(device: torch.device | str = "cpu") -> bool:
         return False
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
-
-
-def cpu_name() -> str:
+@functools.cache
+def _cpuinfo(prefixes: tuple[str, ...]) -> str | None:
+    """The value of the first /proc/cpuinfo line that starts with one of ``prefixes`` (read once per process)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(prefixes):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo(("flags", "Features")) or "").split())
+
+
+def cpu_name() -> str:
+    return _cpuinfo(("model name",)) or platform.processor() or platform.machine()
 
 
 def machine_key(device: torch.device) -> dict:
@@ -431,6 +431,3 @@ def summary(device: torch.device | str = "cpu") -> dict:
     out["cache"] = str(cache_path())
     return out
 
-
-def as_dict(numerics: Numerics) -> dict:
-    return asdict(numerics)

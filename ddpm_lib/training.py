@@ -97,6 +97,14 @@ class TrainConfig:
                 f"(now {self.max_minutes}) to the length of the run, or cooldown_minutes to 0"
             )
 
+    def micro_batch(self, world_size: int = 1) -> int:
+        """Images one process takes per accumulated part of a step: the batch over processes x ``accum_steps``."""
+        parts = world_size * self.accum_steps
+        if self.batch_size % parts:
+            raise ValueError(f"batch_size {self.batch_size} must divide into {world_size} processes x accum_steps "
+                             f"{self.accum_steps} equal parts: use a multiple of {parts}")
+        return self.batch_size // parts
+
     def lr_at(self, step: int, seconds: float) -> float:
         """Learning rate of optimizer step ``step`` (0-based) after ``seconds`` of training.
 
@@ -330,13 +338,7 @@ def train(
     ranks = distributed.from_env()
     if device.type == "cuda" and ranks.enabled:
         device = torch.device("cuda", ranks.local_rank)
-    parts = ranks.world_size * config.accum_steps
-    if config.batch_size % parts:
-        raise ValueError(
-            f"batch_size={config.batch_size} must divide into {ranks.world_size} processes x accum_steps="
-            f"{config.accum_steps} equal parts; choose a batch size that is a multiple of {parts}"
-        )
-    micro = config.batch_size // parts
+    micro = config.micro_batch(ranks.world_size)
     ranks = distributed.setup(device, dist_timeout_s)
     progress = progress and ranks.is_main
     torch.manual_seed(config.seed)
