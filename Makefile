@@ -106,7 +106,7 @@ book: venv data notebooks mathjax
 ## test: everything, in one pytest run: library tests, the site in a real
 ## browser (tests/), and every notebook with nbval.
 ## The .ipynb get the site build's outputs first, so that nbval compares every
-## cell marked `# NBVAL_CHECK_OUTPUT` with what the site shows.
+## cell tagged `nbval-check-output` with what the site shows.
 test: book
 	$(BIN)/python tests/nbval_reference.py
 	$(TEST_ENV) $(BIN)/python -c "import torch; print('tests run with ATen', torch.backends.cpu.get_cpu_capability(), '$(TEST_ENV)')"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m ddpm_lib {train,sample,evaluate,export,info}``."""
+"""Command line: ``python -m ddpm_lib {train,sample,evaluate,export,info,nll}``."""
 
 from __future__ import annotations
 
@@ -15,17 +15,26 @@ import torch
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    from .sampling import SAMPLERS
+
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
-    p.add_argument("--n", type=int, default=64, help="number of images")
+    p.add_argument("--n", type=int, default=64, help="number of images (with --class all: per digit)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
-                   help="ddpm: Algorithm 2 over all T steps (default); ddim: Song et al. 2021 over --steps steps")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm",
+                   help="; ".join(f"{k}: {v}" for k, v in SAMPLERS.items()) + " (default ddpm)")
     p.add_argument("--variance", choices=["beta", "beta_tilde", "none"], default="beta",
                    help="sigma_t^2 for --sampler ddpm (default beta; 'none' drops the noise term)")
-    p.add_argument("--steps", type=int, default=None, help="number of steps (ddpm: must be T; ddim: default 50)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="network evaluations: ddpm T (default; fewer runs a respaced schedule), ddim 50, dpmpp 20")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     p.add_argument("--clip-x0", action="store_true",
-                   help="clip each step's prediction of x_0 to [-1, 1], as the paper's released code does")
+                   help="clip each step's prediction of x_0 to [-1, 1], as the paper's released code does "
+                        "(ddpm and ddim)")
+    p.add_argument("--class", dest="class_label", default=None, metavar="DIGIT",
+                   help="class-conditional checkpoints: draw this digit (0-9), or 'all' for one row per digit")
+    p.add_argument("--guidance", type=float, default=0.0, metavar="W",
+                   help="classifier-free guidance weight w >= 0 (Ho & Salimans 2022; diffusers' guidance_scale "
+                        "is 1 + w); needs --class")
     p.add_argument("--batch-size", type=int, default=500)
     _add_numerics_args(p, "the network")
     p.add_argument("--device", default="cpu",
@@ -53,10 +62,36 @@ def _device(name: str) -> torch.device:
         raise SystemExit(f"--device: {e}") from None
 
 
+def _class_labels(args, model) -> list[int] | None:
+    """The label of each image from --class (None: unconditional), with one-line errors for what cannot be drawn."""
+    from .guidance import check_class_labels
+
+    k = getattr(model.config, "num_classes", 0)
+    if args.class_label is None:
+        if args.guidance:
+            raise SystemExit("--guidance needs --class: guidance pushes samples towards a class" +
+                             ("" if k else "; and this checkpoint is unconditional, so it cannot be guided"))
+        return None
+    if not k:
+        raise SystemExit("--class: this checkpoint is unconditional (trained without labels); train one with "
+                         "`python -m ddpm_lib train --preset conditional` and pass it with --checkpoint")
+    if args.class_label == "all":
+        return [d for d in range(k) for _ in range(args.n)]
+    try:
+        label = int(args.class_label)
+    except ValueError:
+        raise SystemExit(f"--class must be a digit 0-{k - 1} or 'all', got {args.class_label!r}") from None
+    try:
+        check_class_labels(model, [label])
+    except ValueError as e:
+        raise SystemExit(f"--class: {e}") from None
+    return [label] * args.n
+
+
 def _draw(args) -> tuple[torch.Tensor, dict]:
     """Sample images as chosen on the command line; returns (x in [-1, 1], description)."""
     from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-    from .sampling import ddim_sample, ddpm_sample, sampling_numerics
+    from .sampling import sample, sampling_numerics
 
     ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
     device = _device(args.device)
@@ -65,24 +100,28 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
         raise SystemExit(f"--n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}")
-    numerics = sampling_numerics(ckpt.model, device, min(args.batch_size, args.n), args.precision, args.channels_last)
+    if not (args.guidance >= 0 and args.guidance != float("inf")):
+        raise SystemExit(f"--guidance must be a number >= 0 (0: no guidance), got {args.guidance}")
+    labels = _class_labels(args, ckpt.model)
+    n = len(labels) if labels is not None else args.n
+    numerics = sampling_numerics(ckpt.model, device, min(args.batch_size, n), args.precision, args.channels_last)
     fixed = {"precision": numerics.precision, "channels_last": numerics.channels_last}
     T = ckpt.schedule.T
-    if args.sampler == "ddpm":
-        if args.steps not in (None, T):
-            raise SystemExit(f"--sampler ddpm runs all T={T} steps of the checkpoint's schedule; "
-                             f"for {args.steps} steps use --sampler ddim")
-        x = ddpm_sample(ckpt.model, ckpt.schedule, args.n, seed=args.seed, variance=args.variance,
-                        clip_x0=args.clip_x0, batch_size=args.batch_size, progress=sys.stderr.isatty(), **fixed)
-        desc = {"sampler": "ddpm", "variance": args.variance, "steps": T, "clip_x0": args.clip_x0}
-    else:
-        steps = args.steps or 50
-        if not 1 <= steps <= T:
-            raise SystemExit(f"--steps must be between 1 and T={T} (the checkpoint's schedule) for --sampler ddim, "
-                             f"got {steps}")
-        x = ddim_sample(ckpt.model, ckpt.schedule, args.n, steps=steps, eta=args.eta, seed=args.seed,
-                        clip_x0=args.clip_x0, batch_size=args.batch_size, **fixed)
-        desc = {"sampler": "ddim", "eta": args.eta, "steps": steps, "clip_x0": args.clip_x0}
+    limit = T // 2 if args.sampler.startswith("dpmpp") else T
+    if args.steps is not None and not 1 <= args.steps <= limit:
+        raise SystemExit(f"--steps must be between 1 and {limit} for --sampler {args.sampler} "
+                         f"(the checkpoint has T={T}), got {args.steps}")
+    if args.clip_x0 and args.sampler.startswith("dpmpp"):
+        raise SystemExit("--clip-x0 applies to --sampler ddpm and ddim, not to the DPM-Solvers")
+    extra = {"variance": args.variance, "clip_x0": args.clip_x0} if args.sampler == "ddpm" else \
+        {"eta": args.eta, "clip_x0": args.clip_x0} if args.sampler == "ddim" else {}
+    steps = args.steps or {"ddpm": T, "ddim": 50}.get(args.sampler, 20)
+    guide = {"class_labels": labels, "guidance": args.guidance} if labels is not None else {}
+    x = sample(ckpt.model, ckpt.schedule, n, args.sampler, steps, seed=args.seed, batch_size=args.batch_size,
+               **extra, **guide, **fixed, **({"progress": sys.stderr.isatty()} if args.sampler == "ddpm" else {}))
+    desc = {"sampler": args.sampler, **extra, "steps": steps}
+    if labels is not None:
+        desc.update({"class": args.class_label, "guidance": args.guidance})
     # the batch size fixes the order of the random draws (each batch draws its x_T, then its z), so it
     # belongs to the description of what was sampled, like the seed
     desc.update(batch_size=args.batch_size, **fixed, device=str(device),
@@ -110,12 +149,13 @@ def cmd_sample(args) -> int:
     t0 = time.perf_counter()
     x, _ = _draw(args)
     if out.suffix == ".png":
-        save_png(x, out, nrow=args.nrow or max(1, int(round(args.n ** 0.5))))
+        nrow = args.nrow or (args.n if args.class_label == "all" else max(1, int(round(args.n ** 0.5))))
+        save_png(x, out, nrow=nrow)
     else:
         from .data import from_model_range
 
         _save_npy(from_model_range(x), out)
-    print(f"wrote {args.n} samples to {out} in {time.perf_counter() - t0:.1f} s")
+    print(f"wrote {len(x)} samples to {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -187,7 +227,7 @@ def cmd_train(args) -> int:
     model_cfg, tc = recipe.model, recipe.train
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "max_minutes", "ema_decay",
                                                "warmup_steps", "cooldown_minutes", "checkpoint_every",
-                                               "min_snr_gamma", "accum_steps")
+                                               "min_snr_gamma", "accum_steps", "p_uncond")
                  if getattr(args, k) is not None}
     overrides["precision"] = args.precision
     if args.channels_last is not None:
@@ -223,9 +263,18 @@ def cmd_train(args) -> int:
               + (f"processes {ranks.world_size} (torchrun), {tc.batch_size // ranks.world_size} images each per step\n"
                  if ranks.enabled else "") + f"writing to {out_dir}", flush=True)
     data = load_training_images(args.data, model_cfg.image_channels, model_cfg.image_size, args.data_dir)
+    labels = None
+    if model_cfg.num_classes:
+        if args.data != "mnist":
+            raise SystemExit(f"--preset {args.preset} is class-conditional and trains on MNIST's labels; "
+                             f"--data {args.data} has none this command reads: use --data mnist")
+        from .data import load_mnist
+
+        labels = load_mnist("train", args.data_dir).labels
     wall0 = time.perf_counter()
     try:
         result = train(model_cfg, make_schedule(sched_kind, T), tc, data, out_dir, resume=not args.no_resume,
+                       labels=labels,
                        progress=not args.no_progress, device=_device(args.device), dist_timeout_s=args.dist_timeout)
     finally:
         distributed.teardown()
@@ -280,6 +329,75 @@ def cmd_info(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- nll: the variational bound
+
+def cmd_nll(args) -> int:
+    """Score the first --n MNIST test digits with the bound of Ho et al. 2020, Eq. 5 (:mod:`ddpm_lib.likelihood`)."""
+    import shlex
+
+    from .checkpoint import SHIPPED_CHECKPOINT, atomic_write_bytes, load_checkpoint
+    from .data import load_mnist
+    from .likelihood import variational_bound
+    from .numerics import cpu_name
+
+    if not 1 <= args.n <= 10_000:
+        raise SystemExit(f"--n must be between 1 and 10000 (the MNIST test digits), got {args.n}")
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out and Path(args.out).suffix != ".json":
+        raise SystemExit(f"--out must end in .json, got {args.out}")
+    ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
+    cfg = ckpt.config
+    if (cfg.image_channels, cfg.image_size) != (1, 28):
+        raise SystemExit(f"nll scores MNIST test digits (1x28x28); this checkpoint models "
+                         f"{cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images")
+    device = _device(args.device)
+    ckpt.model.to(device)
+    x0 = load_mnist("test").as_model_input()[: args.n]
+    t0 = time.perf_counter()
+    result = variational_bound(ckpt.model, ckpt.schedule, x0, variance=args.variance, seed=args.seed,
+                               batch_size=args.batch_size, device=device, progress=sys.stderr.isatty())
+    wall = time.perf_counter() - t0
+
+    command = ["python", "-m", "ddpm_lib", "nll"] + (["--checkpoint", str(args.checkpoint)] if args.checkpoint else [])
+    command += ["--n", str(args.n), "--seed", str(args.seed), "--variance", args.variance,
+                "--batch-size", str(args.batch_size)]
+    command += (["--device", args.device] if args.device != "cpu" else []) + (["--out", str(args.out)] if args.out else [])
+    to_bpd = result.nats_to_bits_per_dim
+    mean, sem = result.mean_bits_per_dim()
+    report = {
+        "what": "variational bound on -log p(x_0) (Ho et al. 2020, Eq. 5; discretised decoder L_0, section 3.3) of "
+                f"the first {args.n} MNIST test digits as 8-bit data, in bits per dimension",
+        "command": shlex.join(command),
+        "checkpoint": str(args.checkpoint or "shipped"),
+        "train_step": ckpt.info.get("step"),
+        "n": args.n, "seed": args.seed, "variance": args.variance, "T": ckpt.schedule.T, "dims": result.dims,
+        "bits_per_dim": round(mean, 6),
+        "bits_per_dim_sem": round(sem, 6) if sem == sem else None,
+        "prior_bits_per_dim": round(float(result.prior.mean() * to_bpd), 9),
+        "l0_bits_per_dim": round(float(result.decoder_nll.mean() * to_bpd), 6),
+        "kl_bits_per_dim": round(float(result.terms[:, 1:].sum(1).mean() * to_bpd), 6),
+        "per_t_bits_per_dim": [float(f"{v:.8g}") for v in result.per_t_bits_per_dim().tolist()],
+        "per_t_note": "mean over the images of each term in bits/dim; entry i is the term of zero-based timestep i: "
+                      "entry 0 = L_0, entry i >= 1 = L_{t-1} for the paper's t = i + 1; "
+                      "bits_per_dim = prior + sum of all entries",
+        "per_image_bits_per_dim": [round(v, 6) for v in result.bits_per_dim.tolist()],
+        "network_calls": args.n * ckpt.schedule.T,
+        "numerics": result.numerics, "batch_size": args.batch_size, "device": str(device),
+        "cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "wall_seconds": round(wall, 1),
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        atomic_write_bytes(args.out, (text + "\n").encode())
+        print(f"bound {mean:.4f} bits/dim (standard error {sem:.4f}) over {args.n} test digits; prior "
+              f"{report['prior_bits_per_dim']:.2e}, L_0 {report['l0_bits_per_dim']:.4f}, KL terms "
+              f"{report['kl_bits_per_dim']:.4f}; {wall:.1f} s; wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS
 
@@ -323,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="under torchrun: seconds a process waits for the others before the job fails (default 300)")
     p.add_argument("--min-snr-gamma", type=float,
                    help="weight the loss at timestep t by min(SNR_t, gamma)/SNR_t (Hang et al. 2023; 0: L_simple)")
+    p.add_argument("--p-uncond", type=float,
+                   help="class-conditional presets: probability of training a step's image without its label "
+                        "(classifier-free guidance; default 0.1)")
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)
@@ -362,6 +483,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear-numerics-cache", action="store_true",
                    help="forget every cached numerics decision (they are measured again when next needed)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("nll", help="the variational bound (Ho et al. 2020, Eq. 5) of MNIST test digits in bits/dim, "
+                                   "every term per timestep, as JSON")
+    p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
+    p.add_argument("--n", type=int, required=True, help="score the first N MNIST test digits (one network call "
+                                                        "per digit and timestep: N*T calls)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise that draws each x_t ~ q(x_t | x_0)")
+    p.add_argument("--variance", choices=["beta", "beta_tilde"], default="beta",
+                   help="sigma_t^2 of the reverse process: beta_t (default, what the shipped model samples with) "
+                        "or beta_tilde_t")
+    p.add_argument("--batch-size", type=int, default=500, help="network calls per batch (default 500)")
+    p.add_argument("--device", default="cpu", help="where the network runs: cpu (default), auto, cuda, mps")
+    p.add_argument("--out", default=None, help="write the JSON report to this file (else print it)")
+    p.set_defaults(func=cmd_nll)
     return parser
 
 

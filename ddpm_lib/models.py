@@ -33,9 +33,16 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     """Transformer sinusoidal position embedding of timesteps (Ho et al. 2020, appendix B;
     Vaswani et al. 2017, section 3.5).
 
-    emb[:, i]          = sin(t / max_period^(i/half))  for i < half
-    emb[:, half + i]   = cos(t / max_period^(i/half))
-    Returns a float tensor of shape (B, dim); ``dim`` must be even.
+    With half = dim // 2 and frequencies omega_i = max_period^(-i/half), i = 0 .. half-1:
+
+    emb[:, i]          = sin(omega_i t)    for i < half
+    emb[:, half + i]   = cos(omega_i t)
+
+    These are exactly Vaswani's frequencies, 1 / 10000^(2i/d_model) with 2i/d_model = i/half;
+    Vaswani interleaves them (sin in dimension 2i, cos in 2i+1), here all sines come first,
+    then all cosines: the same numbers in permuted dimensions. (Ho et al.'s released code,
+    like tensor2tensor, divides by half - 1 instead of half, so its slowest frequency is
+    exactly 1/max_period.) Returns a float tensor of shape (B, dim); ``dim`` must be even.
     """
     if dim % 2:
         raise ValueError(f"embedding dim must be even, got {dim}")
@@ -59,11 +66,17 @@ class ModelConfig(JSONConfig):
     dropout: float = 0.0              # UNet only
     norm_groups: int = 8              # UNet only: GroupNorm groups
     num_timesteps: int = 1000         # valid timesteps are [0, num_timesteps)
+    num_classes: int = 0              # UNet only: > 0 adds a class embedding (labels 0..num_classes-1, and
+                                      # num_classes = "no label", for classifier-free guidance); 0: unconditional
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be at least 0 (0: unconditional), got {self.num_classes}")
+        if self.num_classes and self.arch != "unet":
+            raise ValueError(f"class conditioning (num_classes={self.num_classes}) needs arch 'unet', got {self.arch!r}")
         down = 2 ** (len(self.channel_mults) - 1)
         if self.image_size % down:
             raise ValueError(
@@ -77,7 +90,7 @@ class _Base(nn.Module):
 
     config: ModelConfig
 
-    def check_inputs(self, x: torch.Tensor, t: torch.Tensor) -> None:
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> None:
         c = self.config
         expected = (c.image_channels, c.image_size, c.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
@@ -93,6 +106,20 @@ class _Base(nn.Module):
             raise ValueError(
                 f"timestep out of range: got values in [{int(t.min())}, {int(t.max())}], "
                 f"expected integers in [0, {c.num_timesteps})"
+            )
+        if y is None:
+            return
+        if not c.num_classes:
+            raise ValueError("this model is unconditional (num_classes=0): it takes no class labels; "
+                             "train a model with num_classes > 0 (e.g. --preset conditional) to condition on a class")
+        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise TypeError("class labels must be an integer tensor of shape (B,)")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"expected class labels of shape ({x.shape[0]},), got {tuple(y.shape)}")
+        if len(y) and (int(y.min()) < 0 or int(y.max()) > c.num_classes):
+            raise ValueError(
+                f"class label out of range: got values in [{int(y.min())}, {int(y.max())}], expected 0..{c.num_classes - 1} "
+                f"(or {c.num_classes}: no label)"
             )
 
     def num_parameters(self) -> int:
@@ -138,8 +165,8 @@ class SimpleUNet(_Base):
             cin = c
         self.conv_out = nn.Conv2d(chans[0], config.image_channels, 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.check_inputs(x, t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_inputs(x, t, y)
         h = self.conv_in(x)
         h = h + sinusoidal_embedding(t, h.shape[1]).to(h.dtype)[:, :, None, None]  # the only use of t
         skips = []
@@ -203,6 +230,13 @@ class UNet(_Base):
     ``num_res_blocks`` residual blocks per resolution; strided-conv downsampling
     and nearest-neighbour upsampling; optional self-attention at the lowest
     resolution (7x7 for MNIST).
+
+    With ``config.num_classes`` = K > 0 the network is class-conditional, as in
+    classifier-free guidance (Ho & Salimans 2022): an embedding of the label
+    y in {0..K-1}, or K for "no label" (the null class), is added to the time
+    embedding, so it reaches every block by the same path as t. Called without
+    ``y``, a conditional network gets the null class: an unconditional
+    prediction.
     """
 
     def __init__(self, config: ModelConfig):
@@ -213,6 +247,8 @@ class UNet(_Base):
         g, p = config.norm_groups, config.dropout
         chans = [ch * m for m in config.channel_mults]
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        # num_classes + 1 rows: the last one is the null label ("no class"), learned like the others
+        self.class_emb = nn.Embedding(config.num_classes + 1, temb_dim) if config.num_classes else None
         self.conv_in = nn.Conv2d(config.image_channels, ch, 3, padding=1)
 
         self.down_blocks = nn.ModuleList()
@@ -243,10 +279,16 @@ class UNet(_Base):
         self.norm_out = nn.GroupNorm(g, cin)
         self.conv_out = nn.Conv2d(cin, config.image_channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.check_inputs(x, t)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """eps_theta(x_t, t) or, for a conditional network, eps_theta(x_t, t, y); ``y`` (B,) holds class labels
+        (``num_classes`` = the null label; ``None`` = null label for all)."""
+        self.check_inputs(x, t, y)
         c = self.config
         temb = self.time_mlp(sinusoidal_embedding(t, c.base_channels).to(x.dtype))
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.full_like(t, c.num_classes)
+            temb = temb + self.class_emb(y.to(t.device)).to(temb.dtype)
         h = self.conv_in(x)
         skips = [h]
         blocks = iter(self.down_blocks)

@@ -68,6 +68,8 @@ class TrainConfig:
     cooldown_minutes: float = 0.0    # LR falls linearly to 0 over the last minutes of max_minutes
     min_snr_gamma: float = 0.0       # 0: L_simple; > 0: Min-SNR-gamma weights, see diffusion_loss
     accum_steps: int = 1             # split each process's share of a batch into this many accumulated parts
+    p_uncond: float = 0.1            # class-conditional models only: probability that a label is replaced by
+                                     # the null label (classifier-free guidance, Ho & Salimans 2022)
 
     def __post_init__(self):
         self.snapshot_minutes = tuple(float(m) for m in self.snapshot_minutes)
@@ -87,6 +89,8 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be above 0 (or unset: no time limit), got {self.max_minutes}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.p_uncond <= 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
         if self.min_snr_gamma < 0:
             raise ValueError(f"min_snr_gamma must be at least 0 (0 turns the weighting off), got {self.min_snr_gamma}")
         if self.cooldown_minutes < 0:
@@ -134,8 +138,12 @@ def diffusion_loss(
     t: torch.Tensor,
     noise: torch.Tensor,
     min_snr_gamma: float = 0.0,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_simple (Eq. 14): mean squared error between eps and eps_theta(x_t, t).
+
+    ``y``: class labels for a class-conditional model, eps_theta(x_t, t, y) (the
+    null label where it was dropped, see :func:`drop_labels`).
 
     With ``min_snr_gamma`` = gamma > 0, each sample's error is weighted by
     min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et al. 2023, for the
@@ -143,11 +151,23 @@ def diffusion_loss(
     less, the rest count as in L_simple.
     """
     x_t = schedule.q_sample(x0, t, noise)  # Eq. 4, reparameterised
+    eps_pred = model(x_t, t) if y is None else model(x_t, t, y)
     if not min_snr_gamma:
-        return F.mse_loss(model(x_t, t).float(), noise)
-    per_sample = (model(x_t, t).float() - noise).pow(2).flatten(1).mean(1)
+        return F.mse_loss(eps_pred.float(), noise)
+    per_sample = (eps_pred.float() - noise).pow(2).flatten(1).mean(1)
     weight = schedule.snr.clamp(max=min_snr_gamma) / schedule.snr  # float64 on the CPU, like the schedule
     return (per_sample * weight.to(device=x0.device, dtype=per_sample.dtype)[t]).mean()
+
+
+def drop_labels(y: torch.Tensor, num_classes: int, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label by the null label ``num_classes`` with probability ``p_uncond``.
+
+    Classifier-free guidance trains one network for both tasks (Ho & Salimans
+    2022, Algorithm 1): with the label it learns eps(x_t, t, y), without it
+    eps(x_t, t); sampling then mixes the two (:mod:`ddpm_lib.guidance`).
+    """
+    drop = torch.rand(y.shape, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -297,6 +317,7 @@ def train(
     data: torch.Tensor,
     out_dir: str | Path | None = None,
     resume: bool = True,
+    labels: torch.Tensor | None = None,
     progress: bool = True,
     callback: Callable[[int, float, "TrainResult"], None] | None = None,
     device: torch.device | str | None = None,
@@ -331,6 +352,18 @@ def train(
         )
     if len(data) < config.batch_size:
         raise ValueError(f"need at least batch_size={config.batch_size} images, got {len(data)}")
+    if model_config.num_classes and labels is None:
+        raise ValueError(f"this model is class-conditional (num_classes={model_config.num_classes}): pass the "
+                         "training labels (labels=...), one integer per image")
+    if labels is not None:
+        if not model_config.num_classes:
+            raise ValueError("labels were given but the model is unconditional (num_classes=0); set num_classes "
+                             "in the model config to train a class-conditional model")
+        if labels.shape != (len(data),) or labels.dtype.is_floating_point:
+            raise ValueError(f"labels must be integers of shape ({len(data)},), got {labels.dtype} {tuple(labels.shape)}")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= model_config.num_classes):
+            raise ValueError(f"labels must be in 0..{model_config.num_classes - 1}, got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
     if model_config.num_timesteps != schedule.T:
         raise ValueError(f"model_config.num_timesteps={model_config.num_timesteps} but the schedule has T={schedule.T}")
     out_dir = Path(out_dir) if out_dir is not None else None
@@ -411,10 +444,17 @@ def train(
                 perm = _epoch_permutation(n, config.seed, epoch)
             i = step % per_epoch
             # every process draws the whole batch, as one process would, and keeps its slice
-            x0 = data[perm[i * config.batch_size:(i + 1) * config.batch_size]]
+            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
+            x0 = data[idx]
             t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)   # t ~ Uniform
             noise = torch.randn(x0.shape, generator=generator)                      # eps ~ N(0, I)
+            # class-conditional: the labels, each dropped to the null label with probability p_uncond
+            # (drawn after t and eps, so unconditional runs draw exactly what they always drew)
+            y = (drop_labels(labels[idx], model_config.num_classes, config.p_uncond, generator)
+                 if labels is not None else None)
             x0, t, noise = (distributed.shard(v, ranks).to(device, non_blocking=True) for v in (x0, t, noise))
+            if y is not None:
+                y = distributed.shard(y, ranks).to(device, non_blocking=True)
             # x_0 and eps in the model's memory format: mixing formats in q_sample and the loss costs more
             # than channels_last saves
             x0, noise = x0.contiguous(memory_format=memory_format), noise.contiguous(memory_format=memory_format)
@@ -428,7 +468,8 @@ def train(
                 sync = contextlib.nullcontext() if not ranks.enabled or k == config.accum_steps - 1 else net.no_sync()
                 with sync:
                     with numerics.autocast(device):
-                        loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], config.min_snr_gamma)
+                        loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], config.min_snr_gamma,
+                                              None if y is None else y[part])
                     (loss / config.accum_steps).backward()
                 local_loss += loss.item() / config.accum_steps
             step_loss = distributed.all_reduce([local_loss], ranks)[0] / ranks.world_size   # the mean over the batch

@@ -24,6 +24,8 @@ through them.
 
 from __future__ import annotations
 
+import re
+
 import math
 import os
 import tempfile
@@ -241,6 +243,9 @@ def noise_histogram(ax, x, bins: int = 60, value_range: tuple[float, float] = (-
 # ---------------------------------------------------------------------------
 # Kernel-free player
 # ---------------------------------------------------------------------------
+FONT_AWESOME_CDN = re.compile(r"<link\b[^>]*href=[\"']?(?:https?:)?//[^\"'>\s]*font-awesome[^>]*>\s*", re.IGNORECASE)
+
+
 def frames_player(
     frames: Sequence,
     labels: Sequence[str] | None = None,
@@ -332,6 +337,9 @@ def frames_player(
     anim = FuncAnimation(fig, draw, frames=n, interval=interval, blit=False, repeat=False)
     with mpl.rc_context({"animation.embed_limit": float(embed_limit_mb)}):
         html = anim.to_jshtml(default_mode=default_mode)
+    # matplotlib links Font Awesome 4 from a CDN for the buttons' icons: drop the link, so the player makes no
+    # request to the web (JupyterLab and the book's theme ship Font Awesome themselves)
+    html = FONT_AWESOME_CDN.sub("", html)
     embedded = html.count('"data:image/png;base64,')
     if embedded != n:
         raise RuntimeError(

@@ -48,8 +48,8 @@ def test_info_as_subprocess(tiny_checkpoint):
 def test_bad_requests_fail_clearly(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit, match="must end in .png"):
         main(["sample", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "x.jpg")])
-    with pytest.raises(SystemExit, match="for 50 steps use --sampler ddim"):
-        main(["sample", "--checkpoint", str(tiny_checkpoint), "--steps", "50", "--out", str(tmp_path / "x.npy")])
+    with pytest.raises(SystemExit, match="--steps must be between 1 and 100 for --sampler ddpm"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--steps", "500", "--out", str(tmp_path / "x.npy")])
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
     assert main(["info", "--checkpoint", str(broken)]) == 1
@@ -158,7 +158,7 @@ def test_info_shows_and_clears_the_numerics(tiny_checkpoint, capsys):
 
 
 def test_out_of_range_options_get_one_line_errors(tiny_checkpoint, tmp_path):
-    with pytest.raises(SystemExit, match=r"--steps must be between 1 and T=100 .* got 5000"):
+    with pytest.raises(SystemExit, match=r"--steps must be between 1 and 100 for --sampler ddim .*T=100.* got 5000"):
         main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "ddim", "--steps", "5000",
               "--out", str(tmp_path / "x.npy")])
     for option, value, message in [("--lr", "nan", "--lr must be a number above 0"),
@@ -176,3 +176,52 @@ def test_out_of_range_options_get_one_line_errors(tiny_checkpoint, tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit, match="--batch-size must be at least 1"):
         main(["sample", "--checkpoint", str(tiny_checkpoint), "--batch-size", "0", "--out", str(tmp_path / "x.npy")])
+
+
+@pytest.mark.parametrize("sampler, steps", [("ddpm", "10"), ("ddim", "10"), ("dpmpp", "10"), ("dpmpp-sde", "10")])
+def test_every_sampler_draws_from_the_command_line(tiny_checkpoint, tmp_path, sampler, steps):
+    out = tmp_path / "x.npy"
+    assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "3", "--sampler", sampler,
+                 "--steps", steps, "--out", str(out), "--precision", "fp32"]) == 0
+    images = np.load(out)
+    assert images.shape == (3, 28, 28) and images.dtype == np.uint8
+
+
+def test_class_and_guidance_are_refused_clearly(tiny_checkpoint, tmp_path):
+    out = str(tmp_path / "x.png")
+    with pytest.raises(SystemExit, match="this checkpoint is unconditional"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--class", "3", "--out", out])
+    with pytest.raises(SystemExit, match="--guidance needs --class.*unconditional"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--guidance", "2", "--out", out])
+    with pytest.raises(SystemExit, match="--guidance must be a number >= 0"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--guidance", "-1", "--out", out])
+    with pytest.raises(SystemExit, match="--clip-x0 applies to --sampler ddpm and ddim"):
+        main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "dpmpp", "--clip-x0", "--out", out])
+
+
+@pytest.fixture(scope="module")
+def tiny_conditional_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cond") / "run"
+    assert main(["train", "--preset", "tiny", "--steps", "4", "--out-dir", str(out), "--no-progress",
+                 "--precision", "fp32"]) == 0
+    from ddpm_lib.checkpoint import load_checkpoint, save_checkpoint
+    from ddpm_lib.models import build_model
+
+    base = load_checkpoint(out / "model.safetensors")
+    model = build_model(base.config, num_classes=10)     # the same net with a (random) class embedding
+    path = out / "conditional.safetensors"
+    save_checkpoint(path, model, base.schedule, {"step": 0})
+    return path
+
+
+def test_conditional_checkpoint_draws_one_row_per_digit(tiny_conditional_checkpoint, tmp_path):
+    out = tmp_path / "grid.npy"
+    assert main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", "all", "--n", "2",
+                 "--guidance", "1.5", "--sampler", "ddim", "--steps", "5", "--precision", "fp32",
+                 "--out", str(out)]) == 0
+    assert np.load(out).shape == (20, 28, 28)
+    for bad, message in [("10", r"--class: class labels must be between 0 and 9, got \[10\]"),
+                         ("-1", r"--class: class labels must be between 0 and 9"),
+                         ("three", "--class must be a digit 0-9 or 'all', got 'three'")]:
+        with pytest.raises(SystemExit, match=message):
+            main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", bad, "--out", str(out)])

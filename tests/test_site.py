@@ -17,35 +17,20 @@ import fnmatch
 import functools
 import html.parser
 import http.server
-import os
 import re
-import shutil
 import socket
-import sys
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from pathlib import Path
 
 import pytest
+from _browser import SCREENSHOTS, chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "book" / "_build" / "html"
 TOC = ROOT / "book" / "_toc.yml"
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-]
 PAGE_TIMEOUT_MS = 60_000
 
 
@@ -161,41 +146,10 @@ def base_url(site):
         server.server_close()
 
 
-def _find_chromium() -> str | None:
-    candidates = [os.environ.get("DDPM_CHROMIUM"), "/usr/bin/chromium"]
-    candidates += [shutil.which(n) for n in ("chromium", "chromium-browser")]
-    for c in candidates:
-        if c and os.path.isfile(c) and os.access(c, os.X_OK):
-            return c
-    return None
-
-
-def _skip_loudly(reason: str):
-    banner = "\n" + "!" * 78 + f"\nBROWSER TESTS SKIPPED: {reason}\n" + "!" * 78 + "\n"
-    print(banner, file=sys.stderr)
-    warnings.warn(f"BROWSER TESTS SKIPPED: {reason}", stacklevel=2)
-    pytest.skip(f"BROWSER TESTS SKIPPED: {reason}")
-
-
 @pytest.fixture(scope="session")
 def browser():
-    executable = _find_chromium()
-    if executable is None:
-        _skip_loudly(
-            "no Chromium at /usr/bin/chromium (install it with "
-            "`apt-get install -y chromium`; .ci/run does), nor $DDPM_CHROMIUM"
-        )
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:  # pragma: no cover - playwright is a test extra
-        _skip_loudly(f"the playwright package is not installed ({exc}); run `make venv`")
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 class _Visit:

@@ -220,6 +220,7 @@ def test_frames_player_embeds_one_png_per_frame(histogram):
     assert f"new Array({n})" in text
     assert text.count("<img ") == 1            # one <img> element that the script flips through
     assert 'type="range"' in text              # the slider
+    assert "http://" not in text and "https://" not in text and "//maxcdn" not in text   # nothing from the web
     decoded = [base64.b64decode(p.replace("\\\n", "")) for p in pngs]
     sizes = set()
     for data in decoded:

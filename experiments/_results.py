@@ -1,0 +1,47 @@
+"""A results file that grows one entry at a time, so an experiment resumes where it stopped.
+
+Each entry has a key; an experiment skips the keys the file already holds, and the
+file is rewritten atomically after each new entry (a killed run loses at most the
+entry it was computing).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ddpm_lib.checkpoint import atomic_write_bytes
+from ddpm_lib.numerics import cpu_name
+
+
+class ResultsFile:
+    def __init__(self, path: str | Path, about: str):
+        self.path = Path(path)
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+        else:
+            self.data = {"about": about, "entries": {}}
+        self.data["about"] = about
+
+    def has(self, key: str) -> bool:
+        return key in self.data["entries"]
+
+    def get(self, key: str) -> dict:
+        return self.data["entries"][key]
+
+    def put(self, key: str, entry: dict) -> None:
+        entry = dict(entry)
+        entry["measured"] = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                             "python": platform.python_version(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
+        self.data["entries"][key] = entry
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_bytes(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
