@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ddpm_lib.models import build_model
-from ddpm_lib.sampling import ddim_sample, dpm_solver_sample
+from ddpm_lib.sampling import ddim_sample, dpm_solver_sample, dpm_solver_timesteps
 from ddpm_lib.schedule import make_schedule
 
 diffusers = pytest.importorskip("diffusers")
@@ -91,7 +91,7 @@ def test_dpm_solver_pp_matches_diffusers(model, steps):
     x_T = _x_T()
     theirs = _peer_loop(sched, model, x_T.clone())
     ours_default_steps = dpm_solver_sample(model, SCHEDULE, 4, steps=steps, x_T=x_T, **_ours_kwargs())
-    assert [int(t) for t in sched.timesteps] == __import__("ddpm_lib.sampling", fromlist=["x"]).dpm_solver_timesteps(T, steps)
+    assert [int(t) for t in sched.timesteps] == dpm_solver_timesteps(T, steps)
     torch.testing.assert_close(ours_default_steps, theirs, **TOL)
 
 

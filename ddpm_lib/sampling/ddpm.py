@@ -29,7 +29,6 @@ so that the same network takes K larger steps.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -37,6 +36,7 @@ from torch import nn
 
 from ..schedule import DiffusionSchedule, _extract
 from ._loop import BatchContext, run_batches
+from .ddim import ddim_timesteps
 
 VARIANCES = ("beta", "beta_tilde", "none")
 
@@ -168,8 +168,6 @@ def ddpm_sample(
         raise ValueError(f"steps must be between 1 and T={schedule.T}, got {steps}")
     respaced = steps is not None and steps != schedule.T
     if respaced:
-        from .ddim import ddim_timesteps
-
         tau = ddim_timesteps(schedule.T, steps)
         run_schedule = respace(schedule, tau)
     else:

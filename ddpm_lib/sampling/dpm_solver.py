@@ -125,7 +125,7 @@ def dpm_solver_sample(
         for i, t in enumerate(ts):
             alpha_s, sigma_s, _ = coefs[i]
             x0 = (x - sigma_s * ctx.eps(x, t)) / alpha_s            # data prediction
-            second = order == 2 and i > 0 and x0_prev is not None
+            second = order == 2 and i > 0          # the first step has no previous prediction
             z = ctx.randn() if stochastic else None
             x = dpm_solver_pp_step(x, x0, x0_prev if second else None, coefs[i], coefs[i + 1],
                                    coefs[i - 1] if i > 0 else None, z)
