@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save as _st_save
 from torch import nn
 
+from .cold import BlurDegradation
 from .models import ModelConfig, build_model
 from .schedule import DiffusionSchedule, make_schedule
 
@@ -94,6 +95,13 @@ def read_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 def schedule_to_dict(schedule: DiffusionSchedule) -> dict:
     return {"kind": schedule.kind, "T": schedule.T}
+
+
+def forward_process_from_dict(d: dict):
+    """The forward process a checkpoint records: a DiffusionSchedule, or a cold-diffusion blur (``kind="blur"``)."""
+    if d["kind"] == BlurDegradation.kind:
+        return BlurDegradation(d["T"])
+    return make_schedule(d["kind"], d["T"])
 
 
 def check_state_matches(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -166,7 +174,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path} is a {meta.get('kind')!r} file, not a model checkpoint{hint}")
     try:
         config = ModelConfig.from_dict(meta["model_config"])
-        schedule = make_schedule(meta["schedule"]["kind"], meta["schedule"]["T"])
+        schedule = forward_process_from_dict(meta["schedule"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has an invalid model config or schedule: {e}") from None
     if expected_config is not None:

@@ -29,7 +29,7 @@ def _add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     p.add_argument("--clip-x0", action="store_true",
                    help="clip each step's prediction of x_0 to [-1, 1], as the paper's released code does "
-                        "(ddpm and ddim)")
+                        "(every sampler; the DPM-Solvers clip their data prediction)")
     p.add_argument("--class", dest="class_label", default=None, metavar="DIGIT",
                    help="class-conditional checkpoints: draw this digit (0-9), or 'all' for one row per digit")
     p.add_argument("--guidance", type=float, default=0.0, metavar="W",
@@ -111,10 +111,8 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
     if args.steps is not None and not 1 <= args.steps <= limit:
         raise SystemExit(f"--steps must be between 1 and {limit} for --sampler {args.sampler} "
                          f"(the checkpoint has T={T}), got {args.steps}")
-    if args.clip_x0 and args.sampler.startswith("dpmpp"):
-        raise SystemExit("--clip-x0 applies to --sampler ddpm and ddim, not to the DPM-Solvers")
     extra = {"variance": args.variance, "clip_x0": args.clip_x0} if args.sampler == "ddpm" else \
-        {"eta": args.eta, "clip_x0": args.clip_x0} if args.sampler == "ddim" else {}
+        {"eta": args.eta, "clip_x0": args.clip_x0} if args.sampler == "ddim" else {"clip_x0": args.clip_x0}
     steps = args.steps or {"ddpm": T, "ddim": 50}.get(args.sampler, 20)
     guide = {"class_labels": labels, "guidance": args.guidance} if labels is not None else {}
     x = sample(ckpt.model, ckpt.schedule, n, args.sampler, steps, seed=args.seed, batch_size=args.batch_size,
@@ -239,8 +237,8 @@ def cmd_train(args) -> int:
     except ValueError as e:
         raise SystemExit(f"error: {_as_options(str(e), overrides)}") from None
     sched_kind, T = args.schedule or recipe.schedule, args.T or recipe.T
-    model_over = {k: getattr(args, k) for k in ("arch", "base_channels", "image_size", "image_channels")
-                  if getattr(args, k) is not None}
+    model_over = {k: getattr(args, k) for k in ("arch", "base_channels", "image_size", "image_channels", "prediction",
+                                                "time_embedding", "norm") if getattr(args, k) is not None}
     try:
         model_cfg = replace(model_cfg, num_timesteps=T, **model_over)
     except ValueError as e:
@@ -399,6 +397,7 @@ def cmd_nll(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .models import NORMS, PREDICTIONS, TIME_EMBEDDINGS
     from .presets import PRESETS
 
     parser = argparse.ArgumentParser(prog="python -m ddpm_lib", description="Train, sample and evaluate DDPMs on MNIST.")
@@ -450,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_numerics_args(p, "training")
     p.add_argument("--arch", choices=["unet", "simple"])
     p.add_argument("--base-channels", type=int)
+    p.add_argument("--prediction", choices=list(PREDICTIONS), help="what the network predicts (default eps)")
+    p.add_argument("--time-embedding", choices=list(TIME_EMBEDDINGS),
+                   help="UNet: where the time embedding enters (default every_block)")
+    p.add_argument("--norm", choices=list(NORMS), help="UNet: GroupNorm (group, default) or BatchNorm (batch)")
     p.add_argument("--schedule", choices=["linear", "cosine"])
     p.add_argument("--T", type=int)
     p.add_argument("--data", default="mnist", metavar="SOURCE",

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from .numerics import choose_numerics
-from .sampling import p_mean
+from .sampling import as_eps_model, p_mean
 from .schedule import DiffusionSchedule
 
 #: The reverse-process variances sigma_t^2 that the bound can be evaluated with (section 3.2).
@@ -317,7 +317,7 @@ def variational_bound(
     model.eval()
     try:
         with numerics.applied_to(model):
-            network = _Float32Network(model, numerics.memory_format, device)
+            network = _Float32Network(as_eps_model(model, schedule), numerics.memory_format, device)
             pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
             count = 0
             for n in range(N):

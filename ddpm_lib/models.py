@@ -2,7 +2,8 @@
 
 Two models, both called as ``model(x, t)`` with images ``x`` of shape
 (B, C, H, W) scaled to [-1, 1] and integer timesteps ``t`` of shape (B,), and
-both returning a tensor shaped like ``x``: the predicted noise eps.
+both returning a tensor shaped like ``x``: the predicted noise eps (or, with
+``ModelConfig.prediction``, the clean image x0 or v; the samplers convert).
 
 * :class:`SimpleUNet` -- the origin project's design, kept as an exhibit: the
   sinusoidal time embedding is added *once*, to the first feature map, with no
@@ -27,6 +28,9 @@ import torch.nn.functional as F
 from ._config import JSONConfig
 
 ARCHITECTURES = ("unet", "simple")
+PREDICTIONS = ("eps", "x0", "v")         # what the network outputs, see DiffusionSchedule.eps_from_prediction
+TIME_EMBEDDINGS = ("every_block", "input")
+NORMS = ("group", "batch")
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -68,11 +72,18 @@ class ModelConfig(JSONConfig):
     num_timesteps: int = 1000         # valid timesteps are [0, num_timesteps)
     num_classes: int = 0              # UNet only: > 0 adds a class embedding (labels 0..num_classes-1, and
                                       # num_classes = "no label", for classifier-free guidance); 0: unconditional
+    prediction: str = "eps"           # the network's output: the noise eps, the clean image x0, or v (Salimans &
+                                      # Ho 2022); samplers convert it to eps (DiffusionSchedule.eps_from_prediction)
+    time_embedding: str = "every_block"  # UNet only: "every_block" (DDPM) or "input" (added once, as the origin did)
+    norm: str = "group"               # UNet only: "group" (GroupNorm, DDPM) or "batch" (BatchNorm, as the origin)
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+        for name, allowed in (("prediction", PREDICTIONS), ("time_embedding", TIME_EMBEDDINGS), ("norm", NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}: expected one of {', '.join(allowed)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be at least 0 (0: unconditional), got {self.num_classes}")
         if self.num_classes and self.arch != "unet":
@@ -186,23 +197,34 @@ class SimpleUNet(_Base):
 # ---------------------------------------------------------------------------
 # The standard DDPM UNet
 # ---------------------------------------------------------------------------
+def _norm(kind: str, groups: int, channels: int) -> nn.Module:
+    """GroupNorm (the DDPM UNet's) or BatchNorm (the origin's, kept for the ablation)."""
+    return nn.GroupNorm(groups, channels) if kind == "group" else nn.BatchNorm2d(channels)
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, plus a projection of the time embedding, twice,
-    with a residual connection (the block of Ho et al. 2020, appendix B)."""
+    with a residual connection (the block of Ho et al. 2020, appendix B).
 
-    def __init__(self, cin: int, cout: int, temb_dim: int, groups: int, dropout: float):
+    ``temb_dim=0`` builds the block without its time projection (for a network
+    that sees t only at its input); ``norm="batch"`` uses BatchNorm instead of
+    GroupNorm.
+    """
+
+    def __init__(self, cin: int, cout: int, temb_dim: int, groups: int, dropout: float, norm: str = "group"):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, cin)
+        self.norm1 = _norm(norm, groups, cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
-        self.temb = nn.Linear(temb_dim, cout)
-        self.norm2 = nn.GroupNorm(groups, cout)
+        self.temb = nn.Linear(temb_dim, cout) if temb_dim else None
+        self.norm2 = _norm(norm, groups, cout)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(F.silu(temb))[:, :, None, None]  # time enters every block
+        if self.temb is not None:
+            h = h + self.temb(F.silu(temb))[:, :, None, None]  # time enters every block
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return h + self.skip(x)
 
@@ -210,9 +232,9 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """Single-head self-attention over pixels with a residual connection."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, norm: str = "group"):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = _norm(norm, groups, channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = nn.Conv2d(channels, channels, 1)
 
@@ -237,6 +259,11 @@ class UNet(_Base):
     embedding, so it reaches every block by the same path as t. Called without
     ``y``, a conditional network gets the null class: an unconditional
     prediction.
+
+    Two switches exist for the ablation chapter: ``time_embedding="input"``
+    adds the time embedding once, to the first feature map (projected to its
+    channels), instead of to every block; ``norm="batch"`` swaps every
+    GroupNorm for BatchNorm.
     """
 
     def __init__(self, config: ModelConfig):
@@ -247,6 +274,9 @@ class UNet(_Base):
         g, p = config.norm_groups, config.dropout
         chans = [ch * m for m in config.channel_mults]
         self.time_mlp = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        at_input = config.time_embedding == "input"
+        self.temb_in = nn.Linear(temb_dim, ch) if at_input else None
+        block_temb = 0 if at_input else temb_dim
         # num_classes + 1 rows: the last one is the null label ("no class"), learned like the others
         self.class_emb = nn.Embedding(config.num_classes + 1, temb_dim) if config.num_classes else None
         self.conv_in = nn.Conv2d(config.image_channels, ch, 3, padding=1)
@@ -257,26 +287,26 @@ class UNet(_Base):
         cin = ch
         for level, c in enumerate(chans):
             for _ in range(config.num_res_blocks):
-                self.down_blocks.append(ResBlock(cin, c, temb_dim, g, p))
+                self.down_blocks.append(ResBlock(cin, c, block_temb, g, p, config.norm))
                 cin = c
                 skip_chans.append(c)
             if level < len(chans) - 1:
                 self.downsamples.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
                 skip_chans.append(c)
 
-        self.mid1 = ResBlock(cin, cin, temb_dim, g, p)
-        self.mid_attn = SelfAttention(cin, g) if config.attention else nn.Identity()
-        self.mid2 = ResBlock(cin, cin, temb_dim, g, p)
+        self.mid1 = ResBlock(cin, cin, block_temb, g, p, config.norm)
+        self.mid_attn = SelfAttention(cin, g, config.norm) if config.attention else nn.Identity()
+        self.mid2 = ResBlock(cin, cin, block_temb, g, p, config.norm)
 
         self.up_blocks = nn.ModuleList()
         self.upsamples = nn.ModuleList()
         for level, c in reversed(list(enumerate(chans))):
             for _ in range(config.num_res_blocks + 1):
-                self.up_blocks.append(ResBlock(cin + skip_chans.pop(), c, temb_dim, g, p))
+                self.up_blocks.append(ResBlock(cin + skip_chans.pop(), c, block_temb, g, p, config.norm))
                 cin = c
             if level > 0:
                 self.upsamples.append(nn.Conv2d(c, c, 3, padding=1))
-        self.norm_out = nn.GroupNorm(g, cin)
+        self.norm_out = _norm(config.norm, g, cin)
         self.conv_out = nn.Conv2d(cin, config.image_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -290,6 +320,8 @@ class UNet(_Base):
                 y = torch.full_like(t, c.num_classes)
             temb = temb + self.class_emb(y.to(t.device)).to(temb.dtype)
         h = self.conv_in(x)
+        if self.temb_in is not None:      # time at the input only: added once, like the origin's network
+            h = h + self.temb_in(F.silu(temb))[:, :, None, None]
         skips = [h]
         blocks = iter(self.down_blocks)
         for level in range(len(c.channel_mults)):

@@ -179,6 +179,38 @@ class DiffusionSchedule:
         t = self.check_timesteps(t, batch=x_t.shape[0])
         return (x_t - _extract(self.sqrt_one_minus_alpha_bars, t, x_t) * eps) / _extract(self.sqrt_alpha_bars, t, x_t)
 
+    # --- what the network predicts -----------------------------------------
+    def prediction_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+        """The regression target of a network that predicts ``prediction`` at x_t = q_sample(x0, t, noise).
+
+        ``"eps"``: the noise (L_simple, Eq. 14); ``"x0"``: the clean image; ``"v"``:
+        v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022, section 4).
+        """
+        if prediction == "eps":
+            return noise
+        if prediction == "x0":
+            return x0
+        if prediction == "v":
+            t = self.check_timesteps(t, batch=x0.shape[0])
+            return _extract(self.sqrt_alpha_bars, t, x0) * noise - _extract(self.sqrt_one_minus_alpha_bars, t, x0) * x0
+        raise ValueError(f"unknown prediction {prediction!r}: expected eps, x0 or v")
+
+    def eps_from_prediction(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+        """The noise eps implied by a network output ``out`` of kind ``prediction`` (inverse of the targets above).
+
+        x0:  eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t)   (Eq. 4 solved for eps)
+        v:   eps = sqrt(1 - alpha_bar_t) x_t + sqrt(alpha_bar_t) v        (since alpha_bar + (1 - alpha_bar) = 1)
+        """
+        if prediction == "eps":
+            return out
+        t = self.check_timesteps(t, batch=x_t.shape[0])
+        a, s = _extract(self.sqrt_alpha_bars, t, x_t), _extract(self.sqrt_one_minus_alpha_bars, t, x_t)
+        if prediction == "x0":
+            return (x_t - a * out) / s
+        if prediction == "v":
+            return s * x_t + a * out
+        raise ValueError(f"unknown prediction {prediction!r}: expected eps, x0 or v")
+
     def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean and variance of the posterior q(x_{t-1} | x_t, x_0) (Eqs. 6-7).
 

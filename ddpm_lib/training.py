@@ -38,10 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .checkpoint import CheckpointError, read_tensors, save_checkpoint, save_tensors, schedule_to_dict
+from .checkpoint import (CheckpointError, forward_process_from_dict, read_tensors, save_checkpoint, save_tensors,
+                         schedule_to_dict)
+from .cold import BlurDegradation, cold_loss
 from .models import ModelConfig, build_model
 from .numerics import PRECISIONS, Numerics, choose_numerics
-from .schedule import DiffusionSchedule, make_schedule
+from .schedule import DiffusionSchedule
 
 STATE_FILE = "train_state.safetensors"
 MODEL_FILE = "model.safetensors"
@@ -139,8 +141,13 @@ def diffusion_loss(
     noise: torch.Tensor,
     min_snr_gamma: float = 0.0,
     y: torch.Tensor | None = None,
+    prediction: str = "eps",
 ) -> torch.Tensor:
     """L_simple (Eq. 14): mean squared error between eps and eps_theta(x_t, t).
+
+    ``prediction``: what the network outputs (:attr:`ModelConfig.prediction`);
+    ``"x0"`` or ``"v"`` regress that instead of eps, unweighted
+    (:meth:`DiffusionSchedule.prediction_target`).
 
     ``y``: class labels for a class-conditional model, eps_theta(x_t, t, y) (the
     null label where it was dropped, see :func:`drop_labels`).
@@ -151,10 +158,13 @@ def diffusion_loss(
     less, the rest count as in L_simple.
     """
     x_t = schedule.q_sample(x0, t, noise)  # Eq. 4, reparameterised
-    eps_pred = model(x_t, t) if y is None else model(x_t, t, y)
+    out = model(x_t, t) if y is None else model(x_t, t, y)
+    target = schedule.prediction_target(x0, noise, t, prediction)   # eps for L_simple
     if not min_snr_gamma:
-        return F.mse_loss(eps_pred.float(), noise)
-    per_sample = (eps_pred.float() - noise).pow(2).flatten(1).mean(1)
+        return F.mse_loss(out.float(), target)
+    if prediction != "eps":
+        raise ValueError(f"min_snr_gamma weights are defined here for eps-prediction, not {prediction!r}")
+    per_sample = (out.float() - target).pow(2).flatten(1).mean(1)
     weight = schedule.snr.clamp(max=min_snr_gamma) / schedule.snr  # float64 on the CPU, like the schedule
     return (per_sample * weight.to(device=x0.device, dtype=per_sample.dtype)[t]).mean()
 
@@ -274,7 +284,8 @@ def _load_state(path: Path, model, ema_model, optimizer, generator, model_config
     if meta.get("kind") != "train_state":
         raise CheckpointError(f"{path} is not a training state (kind={meta.get('kind')!r})")
     same = (
-        meta["model_config"] == model_config.to_dict()
+        # via from_dict, so a state written before a model field existed reads as that field's default
+        ModelConfig.from_dict(meta["model_config"]) == model_config
         and meta["schedule"] == schedule_to_dict(schedule)
         # via from_dict, so a state written before a recipe field existed reads as that field's default
         and _recipe(TrainConfig.from_dict(meta["train_config"])) == _recipe(config)
@@ -306,8 +317,7 @@ def load_train_state_model(path: str | Path, ema: bool = True) -> tuple[nn.Modul
     model = build_model(ModelConfig.from_dict(meta["model_config"]))
     prefix = "ema." if ema else "model."
     model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    schedule = make_schedule(meta["schedule"]["kind"], meta["schedule"]["T"])
-    return model.eval(), schedule, meta
+    return model.eval(), forward_process_from_dict(meta["schedule"]), meta
 
 
 def train(
@@ -324,6 +334,11 @@ def train(
     dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S,
 ) -> TrainResult:
     """Run Algorithm 1 on ``data`` (float images (N, C, H, W) in [-1, 1]).
+
+    ``schedule`` is the forward process: a :class:`DiffusionSchedule` (the loss is
+    :func:`diffusion_loss`, regressing what ``model_config.prediction`` names), or a
+    :class:`ddpm_lib.cold.BlurDegradation` for cold diffusion (the loss is
+    :func:`ddpm_lib.cold.cold_loss`; the network must predict x0).
 
     With ``out_dir``, a training state is saved there every
     ``config.checkpoint_every`` steps and at the end, and the EMA model is
@@ -366,6 +381,11 @@ def train(
                              f"[{int(labels.min())}, {int(labels.max())}]")
     if model_config.num_timesteps != schedule.T:
         raise ValueError(f"model_config.num_timesteps={model_config.num_timesteps} but the schedule has T={schedule.T}")
+    # the forward process decides the objective: L_simple for a DiffusionSchedule, restoration for cold diffusion
+    objective = cold_loss if isinstance(schedule, BlurDegradation) else diffusion_loss
+    if objective is cold_loss and model_config.prediction != "x0":
+        raise ValueError(f"cold diffusion trains a restoration network: build it with prediction='x0', "
+                         f"not {model_config.prediction!r}")
     out_dir = Path(out_dir) if out_dir is not None else None
     device = torch.device(device or "cpu")
     ranks = distributed.from_env()
@@ -468,8 +488,8 @@ def train(
                 sync = contextlib.nullcontext() if not ranks.enabled or k == config.accum_steps - 1 else net.no_sync()
                 with sync:
                     with numerics.autocast(device):
-                        loss = diffusion_loss(net, schedule, x0[part], t[part], noise[part], config.min_snr_gamma,
-                                              None if y is None else y[part])
+                        loss = objective(net, schedule, x0[part], t[part], noise[part], config.min_snr_gamma,
+                                         None if y is None else y[part], model_config.prediction)
                     (loss / config.accum_steps).backward()
                 local_loss += loss.item() / config.accum_steps
             step_loss = distributed.all_reduce([local_loss], ranks)[0] / ranks.world_size   # the mean over the batch

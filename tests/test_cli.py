@@ -195,8 +195,6 @@ def test_class_and_guidance_are_refused_clearly(tiny_checkpoint, tmp_path):
         main(["sample", "--checkpoint", str(tiny_checkpoint), "--guidance", "2", "--out", out])
     with pytest.raises(SystemExit, match="--guidance must be a number >= 0"):
         main(["sample", "--checkpoint", str(tiny_checkpoint), "--guidance", "-1", "--out", out])
-    with pytest.raises(SystemExit, match="--clip-x0 applies to --sampler ddpm and ddim"):
-        main(["sample", "--checkpoint", str(tiny_checkpoint), "--sampler", "dpmpp", "--clip-x0", "--out", out])
 
 
 @pytest.fixture(scope="module")
@@ -225,3 +223,18 @@ def test_conditional_checkpoint_draws_one_row_per_digit(tiny_conditional_checkpo
                          ("three", "--class must be a digit 0-9 or 'all', got 'three'")]:
         with pytest.raises(SystemExit, match=message):
             main(["sample", "--checkpoint", str(tiny_conditional_checkpoint), "--class", bad, "--out", str(out)])
+
+
+def test_the_ablation_switches_reach_the_checkpoint(tmp_path):
+    """--prediction, --time-embedding and --norm build that network, and `sample` converts its output to eps."""
+    from ddpm_lib.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--steps", "2", "--out-dir", str(out), "--no-progress", "--precision",
+                 "fp32", "--prediction", "v", "--time-embedding", "input", "--norm", "batch"]) == 0
+    cfg = load_checkpoint(out / "model.safetensors").config
+    assert (cfg.prediction, cfg.time_embedding, cfg.norm) == ("v", "input", "batch")
+    grid = tmp_path / "grid.npy"
+    assert main(["sample", "--checkpoint", str(out / "model.safetensors"), "--n", "3", "--sampler", "ddim",
+                 "--steps", "4", "--precision", "fp32", "--out", str(grid)]) == 0
+    assert np.load(grid).shape == (3, 28, 28)

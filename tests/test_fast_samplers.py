@@ -139,3 +139,38 @@ def test_sample_dispatches_and_rejects_unknown_samplers():
         sample(net, schedule, 2, "euler", 5)
     with pytest.raises(ValueError, match="between 1 and T/2=20"):
         dpm_solver_sample(net, schedule, 2, steps=30)
+
+
+class _LoudNet(nn.Module):
+    """An eps-network that overshoots by a factor of 50: its data predictions leave [-1, 1] by far."""
+
+    def __init__(self, T):
+        super().__init__()
+        self.config = ModelConfig(num_timesteps=T)
+        self.weight = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, t, y=None):
+        return -50.0 * x
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_dpm_solver_clip_bounds_the_data_prediction(stochastic):
+    """With clip_x0 every data prediction lies in [-1, 1], so the last step (which returns it) does too;
+    unclipped, the same network draws values far outside."""
+    s = make_schedule("linear", 100)
+    kw = dict(steps=8, seed=0, stochastic=stochastic, precision="fp32", channels_last=False)
+    loose = dpm_solver_sample(_LoudNet(100), s, 4, **kw)
+    clipped = dpm_solver_sample(_LoudNet(100), s, 4, clip_x0=True, **kw)
+    assert float(loose.abs().max()) > 10
+    assert float(clipped.abs().max()) <= 1.0
+
+
+def test_dpm_solver_clip_changes_nothing_inside_the_range():
+    """A model whose data predictions stay inside [-1, 1] samples exactly the same with and without clipping."""
+    s = make_schedule("linear", 100)
+    model = build_model(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_timesteps=100)
+    torch.nn.init.zeros_(model.conv_out.weight)
+    torch.nn.init.zeros_(model.conv_out.bias)               # eps = 0: the ODE keeps x0_theta = x_T / alpha_T
+    x_T = 0.001 * torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))   # x0_theta = x_T / alpha_T
+    kw = dict(steps=5, x_T=x_T, precision="fp32", channels_last=False)
+    assert torch.equal(dpm_solver_sample(model, s, 2, **kw), dpm_solver_sample(model, s, 2, clip_x0=True, **kw))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..schedule import DiffusionSchedule
-from ._loop import BatchContext, run_batches, sampling_numerics
+from ._loop import BatchContext, EpsFromPrediction, as_eps_model, run_batches, sampling_numerics
 from .ddim import DDIMStep, ddim_invert, ddim_sample, ddim_step, ddim_timesteps, slerp
 from .ddpm import VARIANCES, ddpm_sample, p_mean, p_sample, respace
 from .dpm_solver import dpm_solver_pp_step, dpm_solver_sample, dpm_solver_timesteps
@@ -46,7 +46,7 @@ def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str =
 
 
 __all__ = [
-    "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "ddim_invert", "ddim_sample", "ddim_step", "ddim_timesteps",
-    "ddpm_sample", "dpm_solver_pp_step", "dpm_solver_sample", "dpm_solver_timesteps", "p_mean", "p_sample", "respace",
-    "run_batches", "sample", "sampling_numerics", "slerp",
+    "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "as_eps_model", "ddim_invert",
+    "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "dpm_solver_pp_step", "dpm_solver_sample",
+    "dpm_solver_timesteps", "p_mean", "p_sample", "respace", "run_batches", "sample", "sampling_numerics", "slerp",
 ]

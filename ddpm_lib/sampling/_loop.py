@@ -9,7 +9,7 @@ under the chosen numerics and concatenates the results on the CPU.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -18,6 +18,32 @@ from torch import nn
 from ..guidance import ClassifierFreeGuidance, check_class_labels
 from ..numerics import Numerics, choose_numerics
 from ..schedule import DiffusionSchedule
+
+
+class EpsFromPrediction(nn.Module):
+    """A network that predicts x0 or v, seen as one that predicts eps (what every sampler here calls).
+
+    ``forward(x_t, t[, y])`` returns :meth:`DiffusionSchedule.eps_from_prediction` of
+    the wrapped network's output; ``config`` is the wrapped network's with
+    ``prediction="eps"``, so wrapping twice is a no-op (:func:`as_eps_model`).
+    """
+
+    def __init__(self, model: nn.Module, schedule: DiffusionSchedule):
+        super().__init__()
+        self.model, self.schedule = model, schedule
+        self.config = replace(model.config, prediction="eps")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.model(x, t) if y is None else self.model(x, t, y)
+        return self.schedule.eps_from_prediction(out.float(), x.float(), t, self.model.config.prediction).to(out.dtype)
+
+
+def as_eps_model(model: nn.Module, schedule) -> nn.Module:
+    """``model`` itself if it predicts eps (or declares nothing), else an :class:`EpsFromPrediction` view of it."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or getattr(cfg, "prediction", "eps") == "eps" or not isinstance(schedule, DiffusionSchedule):
+        return model
+    return EpsFromPrediction(model, schedule)
 
 
 def sampling_numerics(
@@ -45,18 +71,23 @@ def sampling_numerics(
 class BatchContext:
     """What a sampler's body needs for one batch."""
 
-    net: nn.Module                    # called as net(x, t): the model, or the model guided towards this batch's labels
+    net: nn.Module                    # called as net(x, t): the model (seen as an eps-predictor, as_eps_model), or
+                                      # the model guided towards this batch's labels
     numerics: Numerics
     device: torch.device
     generator: torch.Generator        # every random draw of the body comes from here, in a fixed order
     shape: tuple                      # (B, C, H, W) of this batch
     start: int                        # index of the batch's first image among the n
 
-    def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """eps_theta(x, t) in float32 for the whole batch at the integer timestep ``t``."""
+    def output(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """The network's output in float32 for the whole batch at the integer timestep ``t``."""
         tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=self.device)
         with self.numerics.autocast(self.device):
             return self.net(x, tt).float()
+
+    def eps(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        """eps_theta(x, t) in float32 (``net`` is the model seen as an eps-predictor)."""
+        return self.output(x, t)
 
     def randn(self) -> torch.Tensor:
         """A fresh N(0, I) draw shaped like the batch, from the seeded CPU generator, on the device."""
@@ -131,6 +162,7 @@ def run_batches(
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
     numerics = sampling_numerics(model, device, min(batch_size, n), precision, channels_last, shape)
+    eps_model = as_eps_model(model, schedule)      # samplers call an eps-predictor, whatever the network predicts
     was_training = model.training
     model.eval()
     outputs = []
@@ -140,7 +172,7 @@ def run_batches(
                 b = min(batch_size, n - start)
                 x = torch.randn((b, *shape), generator=generator) if x_T is None else x_T[start:start + b].float()
                 x = x.to(device).contiguous(memory_format=numerics.memory_format)
-                net = model if labels is None else ClassifierFreeGuidance(model, labels[start:start + b], guidance)
+                net = eps_model if labels is None else ClassifierFreeGuidance(eps_model, labels[start:start + b], guidance)
                 ctx = BatchContext(net, numerics, device, generator, (b, *shape), start)
                 outputs.append(body(ctx, x).cpu().contiguous())
     finally:

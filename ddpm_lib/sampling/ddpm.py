@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..schedule import DiffusionSchedule, _extract
-from ._loop import BatchContext, run_batches
+from ._loop import BatchContext, as_eps_model, run_batches
 from .ddim import ddim_timesteps
 
 VARIANCES = ("beta", "beta_tilde", "none")
@@ -59,7 +59,7 @@ def p_mean(
     With ``clip_x0``: mu_tilde(x_t, clip(x0_hat, -1, 1)) (Eq. 7), see the module docstring.
     """
     t = schedule.check_timesteps(t, batch=x_t.shape[0])
-    eps = model(x_t, t).to(x_t.dtype)
+    eps = as_eps_model(model, schedule)(x_t, t).to(x_t.dtype)   # a network predicting x0 or v, converted to eps
     if clip_x0:
         x0_hat = schedule.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
         return schedule.q_posterior(x0_hat, x_t, t)[0]

@@ -105,13 +105,16 @@ def dpm_solver_sample(
     class_labels=None,
     guidance: float = 0.0,
     x_T: torch.Tensor | None = None,
+    clip_x0: bool = False,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) with ``steps`` network evaluations (``order=1``: DDIM; ``stochastic``: the SDE variant).
 
     ``timesteps``: the decreasing 0-based timesteps to evaluate at (default
     :func:`dpm_solver_timesteps`). Random draws: x_T, then (SDE only) one z per
-    step. ``class_labels``, ``guidance``, ``precision``, ``channels_last``: as in
-    :func:`ddpm_lib.sampling.ddpm_sample`.
+    step. ``clip_x0``: clip each data prediction x0_theta to [-1, 1] before the
+    step uses it (the simplest of the thresholding methods that a data-prediction
+    solver admits, Lu et al. 2022b, section 4). ``class_labels``, ``guidance``,
+    ``precision``, ``channels_last``: as in :func:`ddpm_lib.sampling.ddpm_sample`.
     """
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
@@ -125,6 +128,8 @@ def dpm_solver_sample(
         for i, t in enumerate(ts):
             alpha_s, sigma_s, _ = coefs[i]
             x0 = (x - sigma_s * ctx.eps(x, t)) / alpha_s            # data prediction
+            if clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
             second = order == 2 and i > 0          # the first step has no previous prediction
             z = ctx.randn() if stochastic else None
             x = dpm_solver_pp_step(x, x0, x0_prev if second else None, coefs[i], coefs[i + 1],

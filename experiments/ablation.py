@@ -1,0 +1,254 @@
+"""What matters: each design choice of the book's DDPM against the baseline, under one CPU budget.
+
+    python experiments/ablation.py                          # the whole plan, resuming where it stopped
+    python experiments/ablation.py --only baseline origin   # some variants (and what they need)
+    python experiments/ablation.py --train-seeds 1          # a second training seed for the trained variants
+    python experiments/ablation.py --list                   # the variants and what is done
+
+The budget. Every trained variant gets the same training *time* as the baseline's 10-minute
+point on a 2-core CPU (the shipped recipe reaches step COFFEE_STEPS there, on the Zen 4 EPYC of
+the model card). Wall time is a poor referee on a shared 2-core machine, so the time is turned
+into steps: first, a calibration measures every variant's training speed (steps per second, in
+interleaved rounds so that background load touches all alike); a variant then trains for
+COFFEE_STEPS x (its speed / the baseline's speed) steps, the number it reaches in the baseline's
+10 minutes. Everything else is shared: the data order, the seeds (initial weights, t, eps), the
+optimizer and its schedule, EMA, batch 64, the numerics chosen by measurement.
+
+The score. Each trained model draws N = 1000 images with the same sampler, SDE-DPM-Solver++(2M)
+with 50 network calls (batch 1000, the same x_T for every variant of one sampling seed), scored
+with the book's metric (FD against the MNIST test set over the real-data floor of the same
+seed). The cold-diffusion variant uses its own sampler, also 50 network calls. Questions about
+sampling (Algorithm 2 with and without its noise term; EMA or raw weights) reuse the baseline's
+training run. Training states go to runs/ablation/ (resumable); results, including 8 samples per
+entry for the chapter, go to experiments/results/ablation.json, one entry at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import rates  # noqa: E402
+from _results import ResultsFile  # noqa: E402
+
+from ddpm_lib.cold import BlurDegradation, GaussianMixture1D, cold_loss, cold_sample  # noqa: E402
+from ddpm_lib.data import from_model_range, load_mnist  # noqa: E402
+from ddpm_lib.metrics import evaluate_samples  # noqa: E402
+from ddpm_lib.models import build_model  # noqa: E402
+from ddpm_lib.numerics import choose_numerics  # noqa: E402
+from ddpm_lib.presets import COFFEE_STEPS, PRESETS  # noqa: E402
+from ddpm_lib.sampling import sample  # noqa: E402
+from ddpm_lib.schedule import make_schedule  # noqa: E402
+from ddpm_lib.training import STATE_FILE, diffusion_loss, ema_update, load_train_state_model, train  # noqa: E402
+
+RESULTS = ROOT / "experiments" / "results" / "ablation.json"
+RUNS = ROOT / "runs" / "ablation"
+N, BATCH = 1000, 1000
+SAMPLER, SAMPLER_STEPS = "dpmpp-sde", 50
+SHOWN = 8                                  # samples kept per entry, for the chapter's side-by-side figure
+CALIBRATION_SECONDS = 20.0                 # of training steps per variant, interleaved
+
+BASE = PRESETS["coffee"]                   # the shipped recipe, stopped at its 10-minute point
+
+
+@dataclass(frozen=True)
+class Variant:
+    about: str
+    model: dict = field(default_factory=dict)     # ModelConfig overrides of the baseline's
+    schedule: str = "linear"                       # "linear", "cosine", or "blur" (cold diffusion)
+    T: int = 1000
+    from_run: str | None = None                    # evaluate another variant's training run instead of training
+    ema: bool = True                               # sample with the EMA weights (else the raw ones)
+    sampler: tuple = (SAMPLER, SAMPLER_STEPS, {})  # (sampler, network calls, options)
+
+    def model_config(self):
+        if self.schedule == "blur":
+            return replace(BASE.model, num_timesteps=self.T, prediction="x0", **self.model)
+        if self.model.get("arch") == "simple":
+            return replace(PRESETS["origin"].model, **{k: v for k, v in self.model.items() if k != "arch"})
+        return replace(BASE.model, num_timesteps=self.T, **self.model)
+
+    def forward_process(self):
+        return BlurDegradation(self.T) if self.schedule == "blur" else make_schedule(self.schedule, self.T)
+
+
+ALG2 = ("ddpm", 100)
+VARIANTS: dict[str, Variant] = {
+    "baseline": Variant("the book's UNet and recipe: time in every block, GroupNorm, attention at 7x7, width 32, "
+                        "1 residual block per level, linear schedule T=1000, eps-prediction, EMA"),
+    "origin": Variant("the origin's SimpleUNet as the origin shipped it: time added once at the input, BatchNorm, "
+                      "no attention, T=300", model={"arch": "simple"}, T=300),
+    "time_at_input": Variant("the baseline with the time embedding added once, at the input", {"time_embedding": "input"}),
+    "batchnorm": Variant("the baseline with BatchNorm instead of GroupNorm", {"norm": "batch"}),
+    "raw_weights": Variant("the baseline's run, sampled with the raw weights instead of the EMA", from_run="baseline",
+                           ema=False),
+    "alg2_noise": Variant("the baseline sampled with Algorithm 2 (100 respaced steps), sigma_t z included",
+                          from_run="baseline", sampler=(*ALG2, {"variance": "beta"})),
+    "alg2_no_noise": Variant("the baseline sampled with Algorithm 2 (100 respaced steps) without sigma_t z, as the "
+                             "origin sampled", from_run="baseline", sampler=(*ALG2, {"variance": "none"})),
+    "two_res_blocks": Variant("deeper: 2 residual blocks per level instead of 1", {"num_res_blocks": 2}),
+    "T300": Variant("T=300 steps instead of 1000 (linear schedule rescaled)", T=300),
+    "cold_blur": Variant("cold diffusion: no noise, a blur undone step by step (Bansal et al. 2022), T=50, its "
+                         "improved sampling from a constant image", schedule="blur", T=50,
+                         sampler=("cold", 50, {"noise_std": 0.0})),
+    "no_attention": Variant("the baseline without self-attention", {"attention": False}),
+    "half_width": Variant("half the width: 16 base channels", {"base_channels": 16}),
+    "double_width": Variant("double the width: 64 base channels", {"base_channels": 64}),
+    "cosine": Variant("the cosine schedule instead of the linear one", schedule="cosine"),
+    "cosine_clip": Variant("the cosine run, sampled with each data prediction clipped to [-1, 1] (its beta_T = 0.999 "
+                           "leaves alpha_bar_T = 2.4e-9, which magnifies the network's error in x0_hat)",
+                           from_run="cosine", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True})),
+    "baseline_clip": Variant("the baseline's run, sampled with each data prediction clipped to [-1, 1]",
+                             from_run="baseline", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True})),
+    "x0_prediction": Variant("the network predicts x_0 instead of eps", {"prediction": "x0"}),
+    "v_prediction": Variant("the network predicts v instead of eps", {"prediction": "v"}),
+}
+TRAINED = [name for name, v in VARIANTS.items() if v.from_run is None]
+
+
+def training_data() -> torch.Tensor:
+    return load_mnist("train").as_model_input()
+
+
+def training_step(v: Variant, data: torch.Tensor):
+    """One optimizer step of variant ``v`` as train() takes it (loss, backward, clipping, Adam, EMA), as a closure."""
+    cfg, process, batch = v.model_config(), v.forward_process(), BASE.train.batch_size
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    numerics = choose_numerics(model, purpose="train", batch_size=batch)
+    model = model.to(memory_format=numerics.memory_format).train()
+    ema = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=BASE.train.lr)
+    objective = cold_loss if v.schedule == "blur" else diffusion_loss
+    g = torch.Generator().manual_seed(0)
+
+    def step():
+        x0 = data[torch.randint(0, len(data), (batch,), generator=g)].contiguous(memory_format=numerics.memory_format)
+        t = torch.randint(0, process.T, (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g).contiguous(memory_format=numerics.memory_format)
+        optimizer.zero_grad(set_to_none=True)
+        with numerics.autocast("cpu"):
+            loss = objective(model, process, x0, t, noise, 0.0, None, cfg.prediction)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), BASE.train.grad_clip)
+        optimizer.step()
+        ema_update(ema, model, BASE.train.ema_decay)
+    return step
+
+
+def calibrate(results: ResultsFile, data: torch.Tensor) -> dict:
+    """Steps per second of every trained variant, measured side by side; the budget in steps follows."""
+    if results.has("calibration"):
+        return results.get("calibration")
+    steps = {name: training_step(VARIANTS[name], data) for name in TRAINED}
+    # bench/_common.rates: one call of each variant per round, so that background load touches all alike
+    rate = rates(steps, items_per_call=1, seconds=CALIBRATION_SECONDS, warmup=3)
+    budget = {name: round(COFFEE_STEPS * rate[name] / rate["baseline"]) for name in TRAINED}
+    entry = {"steps_per_second": rate, "baseline_steps": COFFEE_STEPS, "budget_steps": budget,
+             "how": f"training steps (batch {BASE.train.batch_size}, each variant's own numerics) timed in "
+                    f"interleaved rounds, {CALIBRATION_SECONDS:g} s per variant after 3 warm-up steps; "
+                    "budget = baseline_steps x rate / baseline rate"}
+    results.put("calibration", entry)
+    for name in TRAINED:
+        print(f"{name:16s} {rate[name]:5.2f} steps/s -> {budget[name]} steps", flush=True)
+    return entry
+
+
+def run_training(results: ResultsFile, name: str, seed: int, budget: int, data: torch.Tensor) -> None:
+    key = f"train:{name}:seed{seed}"
+    if results.has(key):
+        return
+    v = VARIANTS[name]
+    config = replace(BASE.train, steps=budget, seed=seed, checkpoint_every=250, log_every=50, snapshot_steps=())
+    out = RUNS / f"{name}_seed{seed}"
+    t0 = time.perf_counter()
+    result = train(v.model_config(), v.forward_process(), config, data, out_dir=out, progress=False)
+    if result.interrupted or result.step < budget:
+        raise SystemExit(f"{key}: stopped at step {result.step} of {budget}; rerun to resume")
+    losses = [h[1] for h in result.history]
+    results.put(key, {
+        "variant": name, "seed": seed, "steps": result.step, "train_seconds": round(result.seconds, 1),
+        "this_sitting_seconds": round(time.perf_counter() - t0, 1),
+        "parameters": result.model.num_parameters(), "numerics": result.numerics.describe(),
+        "final_loss": sum(losses[-4:]) / len(losses[-4:]),
+        "loss_history": [[h[0], round(h[1], 5)] for h in result.history],
+    })
+    print(f"{key}: {result.step} steps in {result.seconds / 60:.1f} min", flush=True)
+
+
+_MIXTURE: GaussianMixture1D | None = None
+
+
+def blur_mixture(data: torch.Tensor) -> GaussianMixture1D:
+    """The Gaussian mixture of the training images' means: where cold generation starts."""
+    global _MIXTURE
+    if _MIXTURE is None:
+        _MIXTURE = GaussianMixture1D.fit(data.mean(dim=(1, 2, 3)), k=5)
+    return _MIXTURE
+
+
+def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int, data: torch.Tensor) -> None:
+    key = f"eval:{name}:train{train_seed}:sample{sample_seed}"
+    if results.has(key):
+        return
+    v = VARIANTS[name]
+    run = v.from_run or name
+    model, process, _ = load_train_state_model(RUNS / f"{run}_seed{train_seed}" / STATE_FILE, ema=v.ema)
+    sampler, steps, options = v.sampler
+    t0 = time.perf_counter()
+    if sampler == "cold":
+        x = cold_sample(model, process, blur_mixture(data), N, seed=sample_seed, batch_size=BATCH, **options)
+    else:
+        x = sample(model, process, N, sampler, steps, seed=sample_seed, batch_size=BATCH, **options)
+    seconds = time.perf_counter() - t0
+    images = from_model_range(x)
+    report = evaluate_samples(images, seed=sample_seed)
+    report.update(variant=name, train_seed=train_seed, sample_seed=sample_seed, sampler=sampler, network_calls=steps,
+                  options=options, ema=v.ema, sample_seconds=round(seconds, 1), samples=images[:SHOWN].tolist())
+    results.put(key, report)
+    print(f"{key}: FD {report['fd']:.2f} (floor {report['fd_floor']:.2f}, ratio {report['fd_ratio']:.2f}) "
+          f"in {seconds:.0f} s", flush=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=None, help="these variants (default: all)")
+    p.add_argument("--train-seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--calibrate-only", action="store_true")
+    p.add_argument("--list", action="store_true", help="list the variants and which entries exist, then stop")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    results = ResultsFile(args.out, "ablation of the book's DDPM under the baseline's 10-minute CPU budget; "
+                                    "written by experiments/ablation.py (see its docstring)")
+    if args.list:
+        for name, v in VARIANTS.items():
+            done = sorted(k for k in results.data["entries"] if k.split(":")[1:2] == [name])
+            print(f"{name:16s} {v.about}\n{'':16s} done: {', '.join(done) or '-'}")
+        return 0
+    data = training_data()
+    budget = calibrate(results, data)["budget_steps"]
+    if args.calibrate_only:
+        return 0
+    for name in args.only or list(VARIANTS):
+        v = VARIANTS[name]
+        run = v.from_run or name
+        for seed in args.train_seeds:
+            run_training(results, run, seed, budget[run], data)
+            for sample_seed in args.sample_seeds:
+                run_eval(results, name, seed, sample_seed, data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""experiments/ablation.py at toy scale: the budget follows the measured speeds, entries are complete, a rerun resumes."""
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import ablation  # noqa: E402
+
+
+@pytest.fixture
+def toy(monkeypatch, tmp_path):
+    """Four variants, a few steps each, 40 images: the script's logic at seconds of CPU."""
+    from ddpm_lib.data import load_mnist
+
+    data = load_mnist("train").as_model_input()[:512]
+    variants = {name: ablation.VARIANTS[name] for name in ("baseline", "raw_weights", "alg2_no_noise", "cold_blur")}
+    variants = {name: replace(v, sampler=(v.sampler[0], 4, v.sampler[2])) for name, v in variants.items()}
+    variants["cold_blur"] = replace(variants["cold_blur"], T=4)
+    monkeypatch.setattr(ablation, "VARIANTS", variants)
+    monkeypatch.setattr(ablation, "TRAINED", [n for n, v in variants.items() if v.from_run is None])
+    monkeypatch.setattr(ablation, "COFFEE_STEPS", 6)
+    monkeypatch.setattr(ablation, "CALIBRATION_SECONDS", 0.5)
+    monkeypatch.setattr(ablation, "N", 40)
+    monkeypatch.setattr(ablation, "BATCH", 40)
+    monkeypatch.setattr(ablation, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(ablation, "training_data", lambda: data)
+    monkeypatch.setattr(ablation, "_MIXTURE", None)
+    return tmp_path / "ablation.json"
+
+
+def test_toy_ablation_runs_and_resumes(toy):
+    assert ablation.main(["--out", str(toy), "--sample-seeds", "0"]) == 0
+    entries = json.loads(toy.read_text())["entries"]
+    cal = entries["calibration"]
+    for name in ("baseline", "cold_blur"):      # the budget: the baseline's steps, scaled by the measured speed
+        assert cal["budget_steps"][name] == round(6 * cal["steps_per_second"][name] / cal["steps_per_second"]["baseline"])
+    for name in ("baseline", "cold_blur"):
+        t = entries[f"train:{name}:seed0"]
+        assert t["steps"] == cal["budget_steps"][name] and t["measured"]["command"].startswith("python")
+    evals = {k.split(":")[1]: v for k, v in entries.items() if k.startswith("eval:")}
+    assert set(evals) == {"baseline", "raw_weights", "alg2_no_noise", "cold_blur"}
+    for name, e in evals.items():
+        assert e["n"] == 40 and e["fd"] > 0 and e["fd_floor"] > 0 and len(e["samples"]) == ablation.SHOWN
+    assert evals["raw_weights"]["ema"] is False and evals["baseline"]["ema"] is True
+    assert evals["alg2_no_noise"]["options"] == {"variance": "none"} and evals["cold_blur"]["sampler"] == "cold"
+    assert evals["raw_weights"]["fd"] != evals["baseline"]["fd"]     # the same run, other weights
+    before = toy.read_text()
+    assert ablation.main(["--out", str(toy), "--sample-seeds", "0"]) == 0
+    assert toy.read_text() == before                                   # nothing to do: nothing rerun or rewritten
