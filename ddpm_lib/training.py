@@ -198,6 +198,41 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, schedule: DiffusionSchedule, data: torch.Tensor, batches: int = 50,
+                          batch_size: int = 64, seed: int = 0) -> int:
+    """Recompute the running statistics of every BatchNorm layer of ``model`` for its own weights.
+
+    :func:`ema_update` averages the weights but copies the BatchNorm statistics from the
+    raw model: the EMA network then normalises with means and variances that its own
+    layers do not produce. This runs ``batches`` forward passes in train mode on inputs
+    drawn as in training, x_t = q_sample(x_0, t, eps) with t ~ U{0..T-1}, and sets each
+    layer's statistics to their plain average over those batches (momentum ``None``).
+    Returns the number of BatchNorm layers (0: nothing to do, the model is unchanged).
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    was_training, momenta = model.training, [m.momentum for m in norms]
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None                       # a cumulative average over the batches below
+        model.train()
+        for _ in range(batches):
+            x0 = data[torch.randint(0, len(data), (batch_size,), generator=g)]
+            t = torch.randint(0, schedule.T, (batch_size,), generator=g)
+            x_t = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=g))
+            model(x_t.to(device), t.to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(norms)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module

@@ -49,7 +49,8 @@ from ddpm_lib.numerics import choose_numerics  # noqa: E402
 from ddpm_lib.presets import COFFEE_STEPS, PRESETS  # noqa: E402
 from ddpm_lib.sampling import sample  # noqa: E402
 from ddpm_lib.schedule import make_schedule  # noqa: E402
-from ddpm_lib.training import STATE_FILE, diffusion_loss, ema_update, load_train_state_model, train  # noqa: E402
+from ddpm_lib.training import (STATE_FILE, diffusion_loss, ema_update, load_train_state_model,  # noqa: E402
+                               recalibrate_batchnorm, train)
 
 RESULTS = ROOT / "experiments" / "results" / "ablation.json"
 RUNS = ROOT / "runs" / "ablation"
@@ -69,6 +70,7 @@ class Variant:
     T: int = 1000
     from_run: str | None = None                    # evaluate another variant's training run instead of training
     ema: bool = True                               # sample with the EMA weights (else the raw ones)
+    recalibrate_bn: bool = False                   # recompute BatchNorm statistics for the weights sampled with
     sampler: tuple = (SAMPLER, SAMPLER_STEPS, {})  # (sampler, network calls, options)
 
     def model_config(self):
@@ -88,8 +90,16 @@ VARIANTS: dict[str, Variant] = {
                         "1 residual block per level, linear schedule T=1000, eps-prediction, EMA"),
     "origin": Variant("the origin's SimpleUNet as the origin shipped it: time added once at the input, BatchNorm, "
                       "no attention, T=300", model={"arch": "simple"}, T=300),
+    "origin_raw": Variant("the origin's run, sampled with its raw weights (the origin kept no EMA; with BatchNorm, "
+                          "the EMA weights meet running statistics gathered by the raw ones)", from_run="origin",
+                          ema=False),
+    "origin_recalibrated": Variant("the origin's run, EMA weights with BatchNorm statistics recomputed for them "
+                                   "(training.recalibrate_batchnorm)", from_run="origin", recalibrate_bn=True),
     "time_at_input": Variant("the baseline with the time embedding added once, at the input", {"time_embedding": "input"}),
     "batchnorm": Variant("the baseline with BatchNorm instead of GroupNorm", {"norm": "batch"}),
+    "batchnorm_raw": Variant("the BatchNorm run, sampled with its raw weights", from_run="batchnorm", ema=False),
+    "batchnorm_recalibrated": Variant("the BatchNorm run, EMA weights with BatchNorm statistics recomputed for them",
+                                      from_run="batchnorm", recalibrate_bn=True),
     "raw_weights": Variant("the baseline's run, sampled with the raw weights instead of the EMA", from_run="baseline",
                            ema=False),
     "alg2_noise": Variant("the baseline sampled with Algorithm 2 (100 respaced steps), sigma_t z included",
@@ -204,6 +214,8 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
     v = VARIANTS[name]
     run = v.from_run or name
     model, process, _ = load_train_state_model(RUNS / f"{run}_seed{train_seed}" / STATE_FILE, ema=v.ema)
+    if v.recalibrate_bn:
+        recalibrate_batchnorm(model, process, data)
     sampler, steps, options = v.sampler
     t0 = time.perf_counter()
     if sampler == "cold":
@@ -214,7 +226,8 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
     images = from_model_range(x)
     report = evaluate_samples(images, seed=sample_seed)
     report.update(variant=name, train_seed=train_seed, sample_seed=sample_seed, sampler=sampler, network_calls=steps,
-                  options=options, ema=v.ema, sample_seconds=round(seconds, 1), samples=images[:SHOWN].tolist())
+                  options=options, ema=v.ema, recalibrated_bn=v.recalibrate_bn, sample_seconds=round(seconds, 1),
+                  samples=images[:SHOWN].tolist())
     results.put(key, report)
     print(f"{key}: FD {report['fd']:.2f} (floor {report['fd_floor']:.2f}, ratio {report['fd_ratio']:.2f}) "
           f"in {seconds:.0f} s", flush=True)

@@ -116,3 +116,31 @@ def test_configs_written_before_the_switches_still_load():
     old = {k: v for k, v in ModelConfig().to_dict().items() if k not in ("prediction", "time_embedding", "norm")}
     cfg = ModelConfig.from_dict(old)
     assert (cfg.prediction, cfg.time_embedding, cfg.norm) == ("eps", "every_block", "group")
+
+
+def test_recalibrated_batchnorm_statistics_are_those_of_the_data():
+    """After recalibration each BatchNorm layer's running mean and variance are the plain averages of the batch
+    statistics its own weights produce on training-like inputs (here: the first layer, computed by hand)."""
+    from ddpm_lib.training import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    s = make_schedule("linear", 100)
+    m = build_model(**SMALL, norm="batch").eval()
+    data = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    bn = m.down_blocks[0].norm1
+    bn.running_mean.fill_(5.0)                                   # statistics that belong to other weights
+    assert recalibrate_batchnorm(m, s, data, batches=4, batch_size=32, seed=1) == sum(
+        isinstance(k, nn.BatchNorm2d) for k in m.modules())
+    assert not m.training and bn.momentum == 0.1
+    g = torch.Generator().manual_seed(1)                         # the same draws as the function's
+    means, variances = [], []
+    with torch.no_grad():
+        for _ in range(4):
+            x0 = data[torch.randint(0, 256, (32,), generator=g)]
+            t = torch.randint(0, 100, (32,), generator=g)
+            h = m.conv_in(s.q_sample(x0, t, torch.randn(x0.shape, generator=g)))   # what norm1 of block 0 sees
+            means.append(h.mean(dim=(0, 2, 3)))
+            variances.append(h.var(dim=(0, 2, 3), unbiased=True))
+    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), atol=1e-4)
+    assert recalibrate_batchnorm(build_model(**SMALL), s, data) == 0     # GroupNorm: nothing to do
