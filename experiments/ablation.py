@@ -26,6 +26,7 @@ entry for the chapter, go to experiments/results/ablation.json, one entry at a t
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
 import sys
 import time
@@ -196,6 +197,17 @@ def run_training(results: ResultsFile, name: str, seed: int, budget: int, data: 
     print(f"{key}: {result.step} steps in {result.seconds / 60:.1f} min", flush=True)
 
 
+def encode_images(images: torch.Tensor) -> dict:
+    """uint8 images (N, H, W) as JSON: their shape and their bytes in base64 (compact, unlike a list of numbers)."""
+    return {"shape": list(images.shape), "uint8_base64": base64.b64encode(images.contiguous().numpy().tobytes()).decode()}
+
+
+def decode_images(entry: dict) -> torch.Tensor:
+    """The inverse of :func:`encode_images`: uint8 images (N, H, W)."""
+    raw = bytearray(base64.b64decode(entry["uint8_base64"]))
+    return torch.frombuffer(raw, dtype=torch.uint8).reshape(entry["shape"])
+
+
 _MIXTURE: GaussianMixture1D | None = None
 
 
@@ -227,7 +239,7 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
     report = evaluate_samples(images, seed=sample_seed)
     report.update(variant=name, train_seed=train_seed, sample_seed=sample_seed, sampler=sampler, network_calls=steps,
                   options=options, ema=v.ema, recalibrated_bn=v.recalibrate_bn, sample_seconds=round(seconds, 1),
-                  samples=images[:SHOWN].tolist())
+                  samples=encode_images(images[:SHOWN]))
     results.put(key, report)
     print(f"{key}: FD {report['fd']:.2f} (floor {report['fd_floor']:.2f}, ratio {report['fd_ratio']:.2f}) "
           f"in {seconds:.0f} s", flush=True)

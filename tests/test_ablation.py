@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -46,7 +47,9 @@ def test_toy_ablation_runs_and_resumes(toy):
     evals = {k.split(":")[1]: v for k, v in entries.items() if k.startswith("eval:")}
     assert set(evals) == {"baseline", "raw_weights", "alg2_no_noise", "cold_blur"}
     for name, e in evals.items():
-        assert e["n"] == 40 and e["fd"] > 0 and e["fd_floor"] > 0 and len(e["samples"]) == ablation.SHOWN
+        assert e["n"] == 40 and e["fd"] > 0 and e["fd_floor"] > 0
+        images = ablation.decode_images(e["samples"])
+        assert images.shape == (ablation.SHOWN, 28, 28) and images.dtype == torch.uint8
     assert evals["raw_weights"]["ema"] is False and evals["baseline"]["ema"] is True
     assert evals["alg2_no_noise"]["options"] == {"variance": "none"} and evals["cold_blur"]["sampler"] == "cold"
     assert evals["raw_weights"]["fd"] != evals["baseline"]["fd"]     # the same run, other weights
