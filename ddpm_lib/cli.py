@@ -224,7 +224,8 @@ def cmd_train(args) -> int:
     recipe = PRESETS[args.preset]
     model_cfg, tc = recipe.model, recipe.train
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "seed", "max_minutes", "ema_decay",
-                                               "warmup_steps", "cooldown_minutes", "checkpoint_every",
+                                               "warmup_steps", "cooldown_minutes", "cooldown_steps",
+                                               "checkpoint_every",
                                                "min_snr_gamma", "accum_steps", "p_uncond")
                  if getattr(args, k) is not None}
     overrides["precision"] = args.precision
@@ -433,6 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--cooldown-minutes", type=float,
                    help="decay the LR linearly to 0 over the last minutes of --max-minutes (0: constant LR)")
+    p.add_argument("--cooldown-steps", type=int,
+                   help="decay the LR linearly to 0 over the last steps of --steps (0: constant LR)")
     p.add_argument("--accum-steps", type=int,
                    help="split each process's share of a batch into this many parts whose gradients add up "
                         "(the same effective batch with less memory)")

@@ -68,6 +68,7 @@ class TrainConfig:
     snapshot_minutes: tuple = ()     # export the EMA model when cumulative time passes these marks
     snapshot_steps: tuple = ()       # ... and after these optimizer steps (the same on every machine)
     cooldown_minutes: float = 0.0    # LR falls linearly to 0 over the last minutes of max_minutes
+    cooldown_steps: int = 0          # ... or over the last steps of ``steps`` (a run defined in steps)
     min_snr_gamma: float = 0.0       # 0: L_simple; > 0: Min-SNR-gamma weights, see diffusion_loss
     accum_steps: int = 1             # split each process's share of a batch into this many accumulated parts
     p_uncond: float = 0.1            # class-conditional models only: probability that a label is replaced by
@@ -97,6 +98,10 @@ class TrainConfig:
             raise ValueError(f"min_snr_gamma must be at least 0 (0 turns the weighting off), got {self.min_snr_gamma}")
         if self.cooldown_minutes < 0:
             raise ValueError(f"cooldown_minutes must be at least 0, got {self.cooldown_minutes}")
+        if not 0 <= self.cooldown_steps <= self.steps:
+            raise ValueError(f"cooldown_steps must be between 0 and steps ({self.steps}), got {self.cooldown_steps}")
+        if self.cooldown_steps and self.cooldown_minutes:
+            raise ValueError("set cooldown_steps or cooldown_minutes, not both: the LR ends at 0 once")
         if self.cooldown_minutes and (self.max_minutes is None or self.cooldown_minutes > self.max_minutes):
             raise ValueError(
                 f"cooldown_minutes={self.cooldown_minutes} needs a time budget at least as long: set max_minutes "
@@ -115,11 +120,15 @@ class TrainConfig:
         """Learning rate of optimizer step ``step`` (0-based) after ``seconds`` of training.
 
         Linear warm-up over ``warmup_steps``, then constant; with ``cooldown_minutes``,
-        a linear decay to zero over the last ``cooldown_minutes`` of ``max_minutes``.
-        The decay is timed, like the budget it ends, so a run stopped before the
-        cool-down (a snapshot, or a shorter budget) is the same run up to there.
+        a linear decay to zero over the last ``cooldown_minutes`` of ``max_minutes``;
+        with ``cooldown_steps``, over the last ``cooldown_steps`` of ``steps`` (the last
+        step runs at lr / cooldown_steps). The decay is measured like the budget it ends,
+        so a run stopped before the cool-down (a snapshot, or a shorter budget) is the
+        same run up to there.
         """
         factor = min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.cooldown_steps:
+            factor *= min(1.0, (self.steps - step) / self.cooldown_steps)
         if self.cooldown_minutes:
             factor *= min(1.0, max(0.0, (60 * self.max_minutes - seconds) / (60 * self.cooldown_minutes)))
         return self.lr * factor
@@ -205,10 +214,12 @@ def recalibrate_batchnorm(model: nn.Module, schedule: DiffusionSchedule, data: t
 
     :func:`ema_update` averages the weights but copies the BatchNorm statistics from the
     raw model: the EMA network then normalises with means and variances that its own
-    layers do not produce. This runs ``batches`` forward passes in train mode on inputs
-    drawn as in training, x_t = q_sample(x_0, t, eps) with t ~ U{0..T-1}, and sets each
-    layer's statistics to their plain average over those batches (momentum ``None``).
-    Returns the number of BatchNorm layers (0: nothing to do, the model is unchanged).
+    layers do not produce ("precise BN", Wu & Johnson 2021). This runs ``batches``
+    forward passes in train mode on inputs drawn as in training, x_t = q_sample(x_0, t, eps)
+    with t ~ U{0..T-1} (for cold diffusion, D(x_0, t)), and sets each layer's statistics to
+    their plain average over those batches (momentum ``None``). :func:`train` does this
+    for every model it exports. Returns the number of BatchNorm layers (0: nothing to do,
+    the model is unchanged).
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -224,7 +235,9 @@ def recalibrate_batchnorm(model: nn.Module, schedule: DiffusionSchedule, data: t
         for _ in range(batches):
             x0 = data[torch.randint(0, len(data), (batch_size,), generator=g)]
             t = torch.randint(0, schedule.T, (batch_size,), generator=g)
-            x_t = schedule.q_sample(x0, t, torch.randn(x0.shape, generator=g))
+            noise = torch.randn(x0.shape, generator=g)
+            # DDPM: x_t = q_sample(x_0, t, eps); cold diffusion: the degraded D(x_0, t)
+            x_t = schedule.degrade(x0, t) if isinstance(schedule, BlurDegradation) else schedule.q_sample(x0, t, noise)
             model(x_t.to(device), t.to(device))
     finally:
         for m, momentum in zip(norms, momenta):
@@ -305,7 +318,8 @@ def _save_state(path: Path, model, ema_model, optimizer, generator, step, second
 # How long a run lasts, how it ends (the LR cool-down), how often it saves and how the arithmetic is
 # done (numerics, gradient accumulation, the number of processes: a run may move to another machine)
 # may change between resumes, so a finished run can be extended; the rest of the recipe may not.
-_RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "snapshot_minutes", "snapshot_steps",
+_RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "cooldown_steps", "snapshot_minutes",
+                      "snapshot_steps",
                       "checkpoint_every", "log_every", "precision", "channels_last", "accum_steps")
 
 
@@ -473,7 +487,14 @@ def train(
         info = {"step": step, "train_seconds": round(seconds, 1), "train_config": asdict(config),
                 "numerics": {"precision": numerics.precision, "channels_last": numerics.channels_last,
                              "device": device.type}, "processes": ranks.world_size}
-        save_checkpoint(path, ema_model, schedule, info)
+        exported = ema_model
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ema_model.modules()):
+            # the EMA weights carry the raw weights' BatchNorm statistics (ema_update copies them):
+            # recompute them for the weights that are exported (a copy: the training state keeps its own)
+            exported = copy.deepcopy(ema_model)
+            recalibrate_batchnorm(exported, schedule, data, seed=config.seed)
+            info["batchnorm_recalibrated"] = True
+        save_checkpoint(path, exported, schedule, info)
 
     n = len(data)
     per_epoch = n // config.batch_size

@@ -19,7 +19,9 @@ with 50 network calls (batch 1000, the same x_T for every variant of one samplin
 with the book's metric (FD against the MNIST test set over the real-data floor of the same
 seed). The cold-diffusion variant uses its own sampler, also 50 network calls. Questions about
 sampling (Algorithm 2 with and without its noise term; EMA or raw weights) reuse the baseline's
-training run. Training states go to runs/ablation/ (resumable); results, including 8 samples per
+training run. Last come three levers of the training recipe (a learning rate that decays to zero,
+a larger one, a shorter EMA), the candidates for a better shipped checkpoint: the same network
+as the baseline, so the same budget. Training states go to runs/ablation/ (resumable); results, including 8 samples per
 entry for the chapter, go to experiments/results/ablation.json, one entry at a time.
 """
 
@@ -73,6 +75,13 @@ class Variant:
     ema: bool = True                               # sample with the EMA weights (else the raw ones)
     recalibrate_bn: bool = False                   # recompute BatchNorm statistics for the weights sampled with
     sampler: tuple = (SAMPLER, SAMPLER_STEPS, {})  # (sampler, network calls, options)
+    train: dict = field(default_factory=dict)      # TrainConfig overrides that leave the cost of a step unchanged
+    lr_decay: float = 0.0                          # the LR falls linearly to 0 over this fraction of the budget
+
+    def train_config(self, steps: int, seed: int):
+        """The baseline's recipe for ``steps`` optimizer steps, with this variant's changes."""
+        return replace(BASE.train, steps=steps, seed=seed, checkpoint_every=250, log_every=50, snapshot_steps=(),
+                       cooldown_steps=round(self.lr_decay * steps), **self.train)
 
     def model_config(self):
         if self.schedule == "blur":
@@ -123,8 +132,17 @@ VARIANTS: dict[str, Variant] = {
                              from_run="baseline", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True})),
     "x0_prediction": Variant("the network predicts x_0 instead of eps", {"prediction": "x0"}),
     "v_prediction": Variant("the network predicts v instead of eps", {"prediction": "v"}),
+    # Levers of the training recipe (for the shipped checkpoint): the baseline's network, so the baseline's budget
+    "lr_decay": Variant("the learning rate falls linearly to 0 over the whole budget, after the warm-up",
+                        lr_decay=1.0),
+    "lr_decay_2e-3": Variant("twice the learning rate (2e-3), falling linearly to 0 over the whole budget",
+                             lr_decay=1.0, train={"lr": 2e-3}),
+    "lr_decay_ema_0.99": Variant("the learning rate falling to 0, and a shorter EMA (decay 0.99 instead of 0.999)",
+                                 lr_decay=1.0, train={"ema_decay": 0.99}),
 }
 TRAINED = [name for name, v in VARIANTS.items() if v.from_run is None]
+# Trained variants whose step costs what the baseline's does (the same network, only the recipe differs)
+SAME_COST = {name: "baseline" for name, v in VARIANTS.items() if v.from_run is None and (v.train or v.lr_decay)}
 
 
 def training_data() -> torch.Tensor:
@@ -161,18 +179,23 @@ def calibrate(results: ResultsFile, data: torch.Tensor) -> dict:
     """Steps per second of every trained variant, measured side by side; the budget in steps follows."""
     if results.has("calibration"):
         return results.get("calibration")
-    steps = {name: training_step(VARIANTS[name], data) for name in TRAINED}
+    steps = {name: training_step(VARIANTS[name], data) for name in TRAINED if name not in SAME_COST}
     # bench/_common.rates: one call of each variant per round, so that background load touches all alike
     rate = rates(steps, items_per_call=1, seconds=CALIBRATION_SECONDS, warmup=3)
-    budget = {name: round(COFFEE_STEPS * rate[name] / rate["baseline"]) for name in TRAINED}
+    budget = {name: round(COFFEE_STEPS * rate[name] / rate["baseline"]) for name in steps}
     entry = {"steps_per_second": rate, "baseline_steps": COFFEE_STEPS, "budget_steps": budget,
              "how": f"training steps (batch {BASE.train.batch_size}, each variant's own numerics) timed in "
                     f"interleaved rounds, {CALIBRATION_SECONDS:g} s per variant after 3 warm-up steps; "
                     "budget = baseline_steps x rate / baseline rate"}
     results.put("calibration", entry)
-    for name in TRAINED:
+    for name in steps:
         print(f"{name:16s} {rate[name]:5.2f} steps/s -> {budget[name]} steps", flush=True)
     return entry
+
+
+def budget_of(calibration: dict, name: str) -> int:
+    """The steps variant ``name`` trains for: its own measured budget, or that of the variant it costs the same as."""
+    return calibration["budget_steps"][SAME_COST.get(name, name)]
 
 
 def run_training(results: ResultsFile, name: str, seed: int, budget: int, data: torch.Tensor) -> None:
@@ -180,7 +203,7 @@ def run_training(results: ResultsFile, name: str, seed: int, budget: int, data: 
     if results.has(key):
         return
     v = VARIANTS[name]
-    config = replace(BASE.train, steps=budget, seed=seed, checkpoint_every=250, log_every=50, snapshot_steps=())
+    config = v.train_config(budget, seed)
     out = RUNS / f"{name}_seed{seed}"
     t0 = time.perf_counter()
     result = train(v.model_config(), v.forward_process(), config, data, out_dir=out, progress=False)
@@ -262,14 +285,14 @@ def main(argv=None) -> int:
             print(f"{name:16s} {v.about}\n{'':16s} done: {', '.join(done) or '-'}")
         return 0
     data = training_data()
-    budget = calibrate(results, data)["budget_steps"]
+    calibration = calibrate(results, data)
     if args.calibrate_only:
         return 0
     for name in args.only or list(VARIANTS):
         v = VARIANTS[name]
         run = v.from_run or name
         for seed in args.train_seeds:
-            run_training(results, run, seed, budget[run], data)
+            run_training(results, run, seed, budget_of(calibration, run), data)
             for sample_seed in args.sample_seeds:
                 run_eval(results, name, seed, sample_seed, data)
     return 0

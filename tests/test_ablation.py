@@ -13,14 +13,18 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import ablation  # noqa: E402
 
+from ddpm_lib.checkpoint import read_tensors  # noqa: E402
+from ddpm_lib.training import STATE_FILE  # noqa: E402
+
 
 @pytest.fixture
 def toy(monkeypatch, tmp_path):
-    """Four variants, a few steps each, 40 images: the script's logic at seconds of CPU."""
+    """Five variants, a few steps each, 40 images: the script's logic at seconds of CPU."""
     from ddpm_lib.data import load_mnist
 
     data = load_mnist("train").as_model_input()[:512]
-    variants = {name: ablation.VARIANTS[name] for name in ("baseline", "raw_weights", "alg2_no_noise", "cold_blur")}
+    variants = {name: ablation.VARIANTS[name] for name in ("baseline", "raw_weights", "alg2_no_noise", "cold_blur",
+                                                                "lr_decay")}
     variants = {name: replace(v, sampler=(v.sampler[0], 4, v.sampler[2])) for name, v in variants.items()}
     variants["cold_blur"] = replace(variants["cold_blur"], T=4)
     monkeypatch.setattr(ablation, "VARIANTS", variants)
@@ -44,8 +48,17 @@ def test_toy_ablation_runs_and_resumes(toy):
     for name in ("baseline", "cold_blur"):
         t = entries[f"train:{name}:seed0"]
         assert t["steps"] == cal["budget_steps"][name] and t["measured"]["command"].startswith("python")
+    # a recipe lever costs what the baseline costs per step: it is not timed, it gets the baseline's budget,
+    # and its learning rate has fallen to lr / budget by the last step (warm-up and decay multiply)
+    assert "lr_decay" not in cal["budget_steps"] and entries["train:lr_decay:seed0"]["steps"] == cal["budget_steps"]["baseline"]
+    budget = cal["budget_steps"]["baseline"]
+    config = ablation.VARIANTS["lr_decay"].train_config(budget, 0)
+    _, meta = read_tensors(ablation.RUNS / "lr_decay_seed0" / STATE_FILE)
+    assert config.cooldown_steps == budget
+    # step budget - 1: warm-up factor budget / warmup_steps, decay factor 1 / budget
+    assert meta["param_groups"][0]["lr"] == pytest.approx(config.lr / config.warmup_steps)
     evals = {k.split(":")[1]: v for k, v in entries.items() if k.startswith("eval:")}
-    assert set(evals) == {"baseline", "raw_weights", "alg2_no_noise", "cold_blur"}
+    assert set(evals) == {"baseline", "raw_weights", "alg2_no_noise", "cold_blur", "lr_decay"}
     for name, e in evals.items():
         assert e["n"] == 40 and e["fd"] > 0 and e["fd_floor"] > 0
         images = ablation.decode_images(e["samples"])

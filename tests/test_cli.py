@@ -58,6 +58,9 @@ def test_bad_requests_fail_clearly(tiny_checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit, match="--cooldown-minutes=5.0 needs a time budget.*set --max-minutes"):
         main(["train", "--preset", "tiny", "--max-minutes", "2", "--cooldown-minutes", "5",
               "--out-dir", str(tmp_path / "run")])
+    # ... and a cool-down in steps fits inside the run's steps
+    with pytest.raises(SystemExit, match=r"--cooldown-steps must be between 0 and steps \(200\), got 500"):
+        main(["train", "--preset", "tiny", "--cooldown-steps", "500", "--out-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
 
 

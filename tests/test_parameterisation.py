@@ -144,3 +144,28 @@ def test_recalibrated_batchnorm_statistics_are_those_of_the_data():
     assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
     assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), atol=1e-4)
     assert recalibrate_batchnorm(build_model(**SMALL), s, data) == 0     # GroupNorm: nothing to do
+
+
+def test_an_exported_batchnorm_model_carries_statistics_of_its_own_weights(tmp_path):
+    """train() exports the EMA weights; ema_update copies the raw weights' BatchNorm statistics, so the export
+    recomputes them for the EMA weights (exactly what recalibrate_batchnorm gives the training state's EMA model),
+    while the training state keeps the copied ones."""
+    from ddpm_lib.checkpoint import load_checkpoint
+    from ddpm_lib.training import MODEL_FILE, STATE_FILE, TrainConfig, load_train_state_model, recalibrate_batchnorm, train
+
+    s = make_schedule("linear", 100)
+    data = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cfg = ModelConfig(arch="unet", norm="batch", attention=False, **SMALL)
+    tc = TrainConfig(steps=6, batch_size=16, warmup_steps=2, checkpoint_every=100, log_every=2, seed=3,
+                     precision="fp32", channels_last=False)
+    train(cfg, s, tc, data, tmp_path, progress=False)
+    loaded = load_checkpoint(tmp_path / MODEL_FILE)
+    exported = loaded.model
+    assert loaded.info["batchnorm_recalibrated"] is True
+    ema, _, _ = load_train_state_model(tmp_path / STATE_FILE, ema=True)
+    raw, _, _ = load_train_state_model(tmp_path / STATE_FILE, ema=False)
+    bn = lambda model: [b for n, b in model.named_buffers() if "running" in n]   # noqa: E731
+    assert all(torch.equal(a, b) for a, b in zip(bn(ema), bn(raw)))          # the state: copied from the raw model
+    recalibrate_batchnorm(ema, s, data, seed=3)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(bn(exported), bn(ema)))
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(bn(exported), bn(raw)))

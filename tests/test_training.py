@@ -76,6 +76,20 @@ def test_learning_rate_schedule():
     assert constant.lr_at(5000, 9.99 * 60) == 1e-3
 
 
+def test_step_cooldown():
+    """The LR falls linearly to 0 over the last cooldown_steps of steps: step s runs at lr (steps - s) / cooldown."""
+    c = TrainConfig(steps=1000, lr=1e-3, warmup_steps=10, cooldown_steps=400)
+    assert c.lr_at(599, 0.0) == c.lr_at(600, 0.0) == 1e-3
+    assert c.lr_at(800, 0.0) == pytest.approx(5e-4)
+    assert c.lr_at(999, 0.0) == pytest.approx(1e-3 / 400)
+    whole = TrainConfig(steps=100, lr=1e-3, warmup_steps=10, cooldown_steps=100)   # warm-up and decay multiply
+    assert whole.lr_at(4, 0.0) == pytest.approx(1e-3 * 0.5 * 0.96)
+    with pytest.raises(ValueError, match="cooldown_steps must be between 0 and steps"):
+        TrainConfig(steps=100, cooldown_steps=101)
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(steps=100, cooldown_steps=10, max_minutes=5.0, cooldown_minutes=1.0)
+
+
 def test_cooldown_needs_a_budget():
     with pytest.raises(ValueError, match="max_minutes"):
         TrainConfig(cooldown_minutes=5.0)
