@@ -23,12 +23,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 from torch import nn
 
 from .sampling._loop import BatchContext, run_batches
+
+
+@lru_cache(maxsize=8)
+def _squared_frequencies(h: int, w: int) -> torch.Tensor:
+    """|f|^2 on the grid of torch.fft.rfft2 for an h x w image (float64, (h, w // 2 + 1))."""
+    return torch.fft.fftfreq(h, dtype=torch.float64)[:, None] ** 2 + torch.fft.rfftfreq(w, dtype=torch.float64)[None, :] ** 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +73,7 @@ class BlurDegradation:
         """D(x_0, t) for a batch (B, C, H, W) and timesteps t (B,); t = -1 returns x_0 unchanged."""
         t = self.check_timesteps(t, batch=x0.shape[0])
         h, w = x0.shape[-2:]
-        f2 = torch.fft.fftfreq(h, dtype=torch.float64)[:, None] ** 2 + torch.fft.rfftfreq(w, dtype=torch.float64)[None, :] ** 2
+        f2 = _squared_frequencies(h, w)
         sigma = torch.where(t.cpu() >= 0, self.sigmas[t.cpu().clamp(min=0)], torch.zeros((), dtype=torch.float64))
         gain = torch.exp(-2 * math.pi ** 2 * sigma[:, None, None, None] ** 2 * f2)      # (B, 1, H, W//2+1)
         spectrum = torch.fft.rfft2(x0.float()) * gain.to(device=x0.device, dtype=torch.float32)
