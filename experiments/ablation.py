@@ -11,7 +11,8 @@ the model card). Wall time is a poor referee on a shared 2-core machine, so the 
 into steps: first, a calibration measures every variant's training speed (steps per second, in
 interleaved rounds so that background load touches all alike); a variant then trains for
 COFFEE_STEPS x (its speed / the baseline's speed) steps, the number it reaches in the baseline's
-10 minutes. Everything else is shared: the data order, the seeds (initial weights, t, eps), the
+10 minutes (a variant added later is timed in a later round, beside the baseline again).
+Everything else is shared: the data order, the seeds (initial weights, t, eps), the
 optimizer and its schedule, EMA, batch 64, the numerics chosen by measurement.
 
 The score. Each trained model draws N = 1000 images with the same sampler, SDE-DPM-Solver++(2M)
@@ -19,10 +20,11 @@ with 50 network calls (batch 1000, the same x_T for every variant of one samplin
 with the book's metric (FD against the MNIST test set over the real-data floor of the same
 seed). The cold-diffusion variant uses its own sampler, also 50 network calls. Questions about
 sampling (Algorithm 2 with and without its noise term; EMA or raw weights) reuse the baseline's
-training run. Last come three levers of the training recipe (a learning rate that decays to zero,
-a larger one, a shorter EMA), the candidates for a better shipped checkpoint: the same network
-as the baseline, so the same budget. Training states go to runs/ablation/ (resumable); results, including 8 samples per
-entry for the chapter, go to experiments/results/ablation.json, one entry at a time.
+training run. Last come levers of the training recipe (a learning rate that decays to zero, a
+larger one, a shorter EMA; a smaller network), the candidates for a better shipped checkpoint; a
+change of the recipe alone keeps its network's budget. Training states go to runs/ablation/
+(resumable); results, including 8 samples per entry for the chapter, go to
+experiments/results/ablation.json, one entry at a time.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Variant:
     sampler: tuple = (SAMPLER, SAMPLER_STEPS, {})  # (sampler, network calls, options)
     train: dict = field(default_factory=dict)      # TrainConfig overrides that leave the cost of a step unchanged
     lr_decay: float = 0.0                          # the LR falls linearly to 0 over this fraction of the budget
+    cost_of: str | None = None                     # a step costs what one of this variant costs: its budget
 
     def train_config(self, steps: int, seed: int):
         """The baseline's recipe for ``steps`` optimizer steps, with this variant's changes."""
@@ -134,15 +137,19 @@ VARIANTS: dict[str, Variant] = {
     "v_prediction": Variant("the network predicts v instead of eps", {"prediction": "v"}),
     # Levers of the training recipe (for the shipped checkpoint): the baseline's network, so the baseline's budget
     "lr_decay": Variant("the learning rate falls linearly to 0 over the whole budget, after the warm-up",
-                        lr_decay=1.0),
+                        lr_decay=1.0, cost_of="baseline"),
     "lr_decay_2e-3": Variant("twice the learning rate (2e-3), falling linearly to 0 over the whole budget",
-                             lr_decay=1.0, train={"lr": 2e-3}),
+                             lr_decay=1.0, train={"lr": 2e-3}, cost_of="baseline"),
     "lr_decay_ema_0.99": Variant("the learning rate falling to 0, and a shorter EMA (decay 0.99 instead of 0.999)",
-                                 lr_decay=1.0, train={"ema_decay": 0.99}),
+                                 lr_decay=1.0, train={"ema_decay": 0.99}, cost_of="baseline"),
+    # Smaller still, and the smaller network with the LR decay: cheaper steps, more of them
+    "quarter_width": Variant("a quarter of the width: 8 base channels", {"base_channels": 8}),
+    "half_width_lr_decay": Variant("half the width, the learning rate falling linearly to 0 over the budget",
+                                   {"base_channels": 16}, lr_decay=1.0, cost_of="half_width"),
 }
 TRAINED = [name for name, v in VARIANTS.items() if v.from_run is None]
-# Trained variants whose step costs what the baseline's does (the same network, only the recipe differs)
-SAME_COST = {name: "baseline" for name, v in VARIANTS.items() if v.from_run is None and (v.train or v.lr_decay)}
+# Trained variants whose step costs what another's does (the same network, only the recipe differs)
+SAME_COST = {name: v.cost_of for name, v in VARIANTS.items() if v.from_run is None and v.cost_of}
 
 
 def training_data() -> torch.Tensor:
@@ -176,21 +183,49 @@ def training_step(v: Variant, data: torch.Tensor):
 
 
 def calibrate(results: ResultsFile, data: torch.Tensor) -> dict:
-    """Steps per second of every trained variant, measured side by side; the budget in steps follows."""
-    if results.has("calibration"):
-        return results.get("calibration")
-    steps = {name: training_step(VARIANTS[name], data) for name in TRAINED if name not in SAME_COST}
-    # bench/_common.rates: one call of each variant per round, so that background load touches all alike
-    rate = rates(steps, items_per_call=1, seconds=CALIBRATION_SECONDS, warmup=3)
-    budget = {name: round(COFFEE_STEPS * rate[name] / rate["baseline"]) for name in steps}
-    entry = {"steps_per_second": rate, "baseline_steps": COFFEE_STEPS, "budget_steps": budget,
-             "how": f"training steps (batch {BASE.train.batch_size}, each variant's own numerics) timed in "
-                    f"interleaved rounds, {CALIBRATION_SECONDS:g} s per variant after 3 warm-up steps; "
-                    "budget = baseline_steps x rate / baseline rate"}
-    results.put("calibration", entry)
-    for name in steps:
-        print(f"{name:16s} {rate[name]:5.2f} steps/s -> {budget[name]} steps", flush=True)
-    return entry
+    """Steps per second of every trained variant, measured side by side; the budget in steps follows.
+
+    A variant added after the first calibration is measured in a later round, side by side with
+    the baseline again (entry ``calibration:2``, ...), and its budget follows from its speed
+    relative to the baseline's *in that round*. Returns the budgets of all rounds, merged.
+    """
+    rounds = [results.get(k) for k in calibration_keys(results)]
+    measured = {name for r in rounds for name in r["budget_steps"]}
+    missing = [name for name in TRAINED if name not in SAME_COST and name not in measured]
+    if missing:
+        names = missing if not rounds else ["baseline", *[n for n in missing if n != "baseline"]]
+        steps = {name: training_step(VARIANTS[name], data) for name in names}
+        # bench/_common.rates: one call of each variant per round, so that background load touches all alike
+        rate = rates(steps, items_per_call=1, seconds=CALIBRATION_SECONDS, warmup=3)
+        budget = {name: round(COFFEE_STEPS * rate[name] / rate["baseline"]) for name in steps}
+        entry = {"steps_per_second": rate, "baseline_steps": COFFEE_STEPS, "budget_steps": budget,
+                 "how": f"training steps (batch {BASE.train.batch_size}, each variant's own numerics) timed in "
+                        f"interleaved rounds, {CALIBRATION_SECONDS:g} s per variant after 3 warm-up steps; "
+                        "budget = baseline_steps x rate / baseline rate"}
+        key = "calibration" if not rounds else f"calibration:{len(rounds) + 1}"
+        results.put(key, entry)
+        rounds.append(entry)
+        for name in steps:
+            print(f"{key}: {name:16s} {rate[name]:5.2f} steps/s -> {budget[name]} steps", flush=True)
+    return merged_calibration(rounds)
+
+
+def calibration_keys(results: ResultsFile) -> list[str]:
+    """The calibration rounds in the order they were measured."""
+    keys = [k for k in results.data["entries"] if k == "calibration" or k.startswith("calibration:")]
+    return sorted(keys, key=lambda k: 1 if k == "calibration" else int(k.split(":")[1]))
+
+
+def merged_calibration(rounds: list[dict]) -> dict:
+    """Budgets of all rounds in one dict, and each variant's speed relative to the baseline of its own round
+    (the baseline keeps its first round's budget; it is COFFEE_STEPS in every round)."""
+    budget, relative = {}, {}
+    for r in rounds:
+        rate = r["steps_per_second"]
+        for name, steps in r["budget_steps"].items():
+            budget.setdefault(name, steps)
+            relative.setdefault(name, rate[name] / rate["baseline"])
+    return {"budget_steps": budget, "relative_speed": relative, "rounds": rounds}
 
 
 def budget_of(calibration: dict, name: str) -> int:

@@ -69,3 +69,22 @@ def test_toy_ablation_runs_and_resumes(toy):
     before = toy.read_text()
     assert ablation.main(["--out", str(toy), "--sample-seeds", "0"]) == 0
     assert toy.read_text() == before                                   # nothing to do: nothing rerun or rewritten
+
+
+def test_a_variant_added_later_is_timed_beside_the_baseline_again(toy, monkeypatch):
+    assert ablation.main(["--out", str(toy), "--sample-seeds", "0", "--only", "baseline"]) == 0
+    first = json.loads(toy.read_text())["entries"]["calibration"]
+    variants = dict(ablation.VARIANTS, half_width=ablation.Variant("half the width", {"base_channels": 16},
+                                                                   sampler=ablation.VARIANTS["baseline"].sampler))
+    monkeypatch.setattr(ablation, "VARIANTS", variants)
+    monkeypatch.setattr(ablation, "TRAINED", [n for n, v in variants.items() if v.from_run is None])
+    assert ablation.main(["--out", str(toy), "--sample-seeds", "0", "--only", "half_width"]) == 0
+    entries = json.loads(toy.read_text())["entries"]
+    assert entries["calibration"] == first                              # the first round is kept as it was
+    second = entries["calibration:2"]
+    assert set(second["budget_steps"]) == {"baseline", "half_width"}   # measured beside the baseline again
+    rate = second["steps_per_second"]
+    assert entries["train:half_width:seed0"]["steps"] == round(6 * rate["half_width"] / rate["baseline"])
+    merged = ablation.merged_calibration([first, second])
+    assert merged["budget_steps"]["baseline"] == first["budget_steps"]["baseline"] == 6
+    assert merged["relative_speed"]["half_width"] == rate["half_width"] / rate["baseline"]
