@@ -110,7 +110,7 @@ book: venv data notebooks mathjax
 test: book
 	$(BIN)/python tests/nbval_reference.py
 	$(TEST_ENV) $(BIN)/python -c "import torch; print('tests run with ATen', torch.backends.cpu.get_cpu_capability(), '$(TEST_ENV)')"
-	$(TEST_ENV) $(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax --nbval-cell-timeout=240 $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax --nbval-cell-timeout=240 --durations=25 $(PYTEST_ARGS)
 
 clean:
 	rm -rf book/_build $(MATHJAX_DIR) artifacts/screenshots .pytest_cache

@@ -207,6 +207,11 @@ def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model`` (any dimension), the layers whose running statistics sampling uses."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, schedule: DiffusionSchedule, data: torch.Tensor, batches: int = 50,
                           batch_size: int = 64, seed: int = 0) -> int:
@@ -221,7 +226,7 @@ def recalibrate_batchnorm(model: nn.Module, schedule: DiffusionSchedule, data: t
     for every model it exports. Returns the number of BatchNorm layers (0: nothing to do,
     the model is unchanged).
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(model)
     if not norms:
         return 0
     was_training, momenta = model.training, [m.momentum for m in norms]
@@ -488,7 +493,7 @@ def train(
                 "numerics": {"precision": numerics.precision, "channels_last": numerics.channels_last,
                              "device": device.type}, "processes": ranks.world_size}
         exported = ema_model
-        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ema_model.modules()):
+        if batchnorm_layers(ema_model):
             # the EMA weights carry the raw weights' BatchNorm statistics (ema_update copies them):
             # recompute them for the weights that are exported (a copy: the training state keeps its own)
             exported = copy.deepcopy(ema_model)

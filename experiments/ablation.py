@@ -124,6 +124,11 @@ VARIANTS: dict[str, Variant] = {
     "cold_blur": Variant("cold diffusion: no noise, a blur undone step by step (Bansal et al. 2022), T=50, its "
                          "improved sampling from a constant image", schedule="blur", T=50,
                          sampler=("cold", 50, {"noise_std": 0.0})),
+    "cold_blur_noisy_start": Variant("the cold run, each constant start given a little Gaussian noise (std 0.002 per "
+                                     "pixel; Bansal et al.'s remedy for a deterministic sampler's lack of diversity)",
+                                     from_run="cold_blur", sampler=("cold", 50, {"noise_std": 0.002})),
+    "cold_blur_noisier_start": Variant("the cold run, each constant start given ten times that noise (std 0.02 per "
+                                       "pixel)", from_run="cold_blur", sampler=("cold", 50, {"noise_std": 0.02})),
     "no_attention": Variant("the baseline without self-attention", {"attention": False}),
     "half_width": Variant("half the width: 16 base channels", {"base_channels": 16}),
     "double_width": Variant("double the width: 64 base channels", {"base_channels": 64}),
@@ -144,6 +149,10 @@ VARIANTS: dict[str, Variant] = {
                                  lr_decay=1.0, train={"ema_decay": 0.99}, cost_of="baseline"),
     # Smaller still, and the smaller network with the LR decay: cheaper steps, more of them
     "quarter_width": Variant("a quarter of the width: 8 base channels", {"base_channels": 8}),
+    "half_width_cosine_clip": Variant("half the width and the cosine schedule, sampled with x0_hat clipped to [-1, 1]: "
+                                      "the two changes that beat the baseline, together", {"base_channels": 16},
+                                      schedule="cosine", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True}),
+                                      cost_of="half_width"),
     "half_width_lr_decay": Variant("half the width, the learning rate falling linearly to 0 over the budget",
                                    {"base_channels": 16}, lr_decay=1.0, cost_of="half_width"),
 }
@@ -161,7 +170,8 @@ def training_step(v: Variant, data: torch.Tensor):
     cfg, process, batch = v.model_config(), v.forward_process(), BASE.train.batch_size
     torch.manual_seed(0)
     model = build_model(cfg)
-    numerics = choose_numerics(model, purpose="train", batch_size=batch)
+    numerics = choose_numerics(model, purpose="train", batch_size=batch, precision=BASE.train.precision,
+                               channels_last=BASE.train.channels_last)      # as train() chooses them
     model = model.to(memory_format=numerics.memory_format).train()
     ema = copy.deepcopy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=BASE.train.lr)

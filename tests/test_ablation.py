@@ -19,7 +19,7 @@ from ddpm_lib.training import STATE_FILE  # noqa: E402
 
 @pytest.fixture
 def toy(monkeypatch, tmp_path):
-    """Five variants, a few steps each, 40 images: the script's logic at seconds of CPU."""
+    """Five variants, a few steps of batch 16 in fp32 (nothing probed), 40 images: the script's logic at seconds of CPU."""
     from ddpm_lib.data import load_mnist
 
     data = load_mnist("train").as_model_input()[:512]
@@ -29,6 +29,9 @@ def toy(monkeypatch, tmp_path):
     variants["cold_blur"] = replace(variants["cold_blur"], T=4)
     monkeypatch.setattr(ablation, "VARIANTS", variants)
     monkeypatch.setattr(ablation, "TRAINED", [n for n, v in variants.items() if v.from_run is None])
+    base = ablation.BASE
+    monkeypatch.setattr(ablation, "BASE", replace(base, train=replace(base.train, batch_size=16, precision="fp32",
+                                                                      channels_last=False)))
     monkeypatch.setattr(ablation, "COFFEE_STEPS", 6)
     monkeypatch.setattr(ablation, "CALIBRATION_SECONDS", 0.5)
     monkeypatch.setattr(ablation, "N", 40)

@@ -1,4 +1,4 @@
-"""The numbers that the prose of chapters 5, 6, 7 and 10 and the model card quote from committed files.
+"""The numbers that the prose of chapters 5, 6, 7 and 12 and the model card quote from committed files.
 
 A chapter computes its numbers in cells, or reads them from a committed file in
 a cell that shows them. Where the *prose* must still name one (the protocol an
@@ -91,7 +91,7 @@ def test_model_card_quotes_the_ddp_bench_file():
     assert (f"{one['images_per_s']:.1f} images/s and {two['images_per_s']:.1f} images/s "
             f"({two['images_per_s'] / one['images_per_s']:.2f}x)") in card
     assert f"for {bench['steps']} steps (global batch {bench['global_batch']}, {bench['numerics']})" in card
-    # chapter 11 states the conclusion, not the figures: about as fast either way
+    # chapter 12 states the conclusion, not the figures: about as fast either way
     assert 0.8 < two["images_per_s"] / one["images_per_s"] < 1.25
     assert "two single-threaded processes train about as fast as one process with two threads" in prose(
-        "11_scaling_out")
+        "12_scaling_out")
