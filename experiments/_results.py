@@ -43,5 +43,12 @@ class ResultsFile:
         self.data["entries"][key] = entry
         self.save()
 
+    def drop(self, keys) -> list[str]:
+        """Remove these entries (those present), save, and return the keys removed."""
+        gone = [k for k in keys if self.data["entries"].pop(k, None) is not None]
+        if gone:
+            self.save()
+        return gone
+
     def save(self) -> None:
         atomic_write_bytes(self.path, (json.dumps(self.data, indent=1) + "\n").encode())

@@ -4,6 +4,7 @@
     python experiments/ablation.py --only baseline origin   # some variants (and what they need)
     python experiments/ablation.py --train-seeds 1          # a second training seed for the trained variants
     python experiments/ablation.py --list                   # the variants and what is done
+    python experiments/ablation.py --redo cold_blur         # retrain a run (its state is gone) and re-score what uses it
 
 The budget. Every trained variant gets the same training *time* as the baseline's 10-minute
 point on a 2-core CPU (the shipped recipe reaches step COFFEE_STEPS there, on the Zen 4 EPYC of
@@ -293,7 +294,12 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
         return
     v = VARIANTS[name]
     run = v.from_run or name
-    model, process, _ = load_train_state_model(RUNS / f"{run}_seed{train_seed}" / STATE_FILE, ema=v.ema)
+    state = RUNS / f"{run}_seed{train_seed}" / STATE_FILE
+    if not state.exists():
+        raise SystemExit(f"{key}: the training state {state} is missing (runs/ is not committed, so a fresh clone or "
+                         f"another machine lacks it); retrain it with: python experiments/ablation.py --redo {run} "
+                         f"--train-seeds {train_seed}")
+    model, process, _ = load_train_state_model(state, ema=v.ema)
     if v.recalibrate_bn:
         recalibrate_batchnorm(model, process, data)
     sampler, steps, options = v.sampler
@@ -318,6 +324,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=None, help="these variants (default: all)")
     p.add_argument("--train-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--redo", nargs="+", choices=TRAINED, default=[], metavar="RUN",
+                   help="drop these training runs' entries (for --train-seeds) and every score of a variant that "
+                        "samples from them, then produce them again: for a run whose state in runs/ablation is gone")
     p.add_argument("--calibrate-only", action="store_true")
     p.add_argument("--list", action="store_true", help="list the variants and which entries exist, then stop")
     p.add_argument("--out", default=str(RESULTS))
@@ -329,6 +338,13 @@ def main(argv=None) -> int:
             done = sorted(k for k in results.data["entries"] if k.split(":")[1:2] == [name])
             print(f"{name:16s} {v.about}\n{'':16s} done: {', '.join(done) or '-'}")
         return 0
+    if args.redo:
+        users = [name for name, v in VARIANTS.items() if (v.from_run or name) in args.redo]
+        gone = results.drop([f"train:{run}:seed{s}" for run in args.redo for s in args.train_seeds]
+                            + [k for k in results.data["entries"] for name in users for s in args.train_seeds
+                               if k.startswith(f"eval:{name}:train{s}:")])
+        print(f"--redo: dropped {', '.join(gone) or 'nothing'}", flush=True)
+        args.only = [*dict.fromkeys([*users, *(args.only or [])])]
     data = training_data()
     calibration = calibrate(results, data)
     if args.calibrate_only:

@@ -1,6 +1,7 @@
 """experiments/ablation.py at toy scale: the budget follows the measured speeds, entries are complete, a rerun resumes."""
 
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import ablation  # noqa: E402
+from _results import ResultsFile  # noqa: E402
 
 from ddpm_lib.checkpoint import read_tensors  # noqa: E402
 from ddpm_lib.training import STATE_FILE  # noqa: E402
@@ -73,6 +75,18 @@ def test_toy_ablation_runs_and_resumes(toy):
     assert ablation.main(["--out", str(toy), "--sample-seeds", "0"]) == 0
     assert toy.read_text() == before                                   # nothing to do: nothing rerun or rewritten
 
+    # runs/ is not committed: scoring a run whose state is gone says how to get it back, and --redo retrains it
+    # and re-scores every variant that samples from it (the same computation: the same scores, bit for bit)
+    shutil.rmtree(ablation.RUNS / "baseline_seed0")
+    ResultsFile(toy, "toy").drop(["eval:raw_weights:train0:sample0"])
+    with pytest.raises(SystemExit, match="--redo baseline"):
+        ablation.main(["--out", str(toy), "--sample-seeds", "0", "--only", "raw_weights"])
+    assert ablation.main(["--out", str(toy), "--sample-seeds", "0", "--redo", "baseline"]) == 0
+    redone = json.loads(toy.read_text())["entries"]
+    for name in ("baseline", "raw_weights", "alg2_no_noise"):
+        assert redone[f"eval:{name}:train0:sample0"]["fd"] == evals[name]["fd"]
+    assert redone["eval:lr_decay:train0:sample0"] == entries["eval:lr_decay:train0:sample0"]   # another run
+
 
 def test_a_variant_added_later_is_timed_beside_the_baseline_again(toy, monkeypatch):
     assert ablation.main(["--out", str(toy), "--sample-seeds", "0", "--only", "baseline"]) == 0
@@ -91,3 +105,18 @@ def test_a_variant_added_later_is_timed_beside_the_baseline_again(toy, monkeypat
     merged = ablation.merged_calibration([first, second])
     assert merged["budget_steps"]["baseline"] == first["budget_steps"]["baseline"] == 6
     assert merged["relative_speed"]["half_width"] == rate["half_width"] / rate["baseline"]
+
+
+def test_the_half_width_preset_buys_the_steps_the_ablation_measured():
+    """Preset half_width: the shipped run's 55 and 10 minutes, in the steps of a network 2.4 times as fast."""
+    from ddpm_lib.presets import COFFEE_STEPS, PRESETS, SHIPPED_STEPS
+
+    entries = json.loads((ROOT / "experiments" / "results" / "ablation.json").read_text())["entries"]
+    rate = entries["calibration"]["steps_per_second"]
+    recipe, shipped = PRESETS["half_width"], PRESETS["shipped"]
+    relative = rate["half_width"] / rate["baseline"]
+    assert recipe.train.steps == round(SHIPPED_STEPS * relative)
+    ten_minutes = entries["train:half_width:seed0"]["steps"]
+    assert recipe.train.snapshot_steps == (round(COFFEE_STEPS * relative),) == (ten_minutes,)
+    assert recipe.model == replace(shipped.model, base_channels=16)
+    assert replace(recipe.train, steps=1, snapshot_steps=()) == replace(shipped.train, steps=1, snapshot_steps=())
