@@ -95,3 +95,23 @@ def test_model_card_quotes_the_ddp_bench_file():
     assert 0.8 < two["images_per_s"] / one["images_per_s"] < 1.25
     assert "two single-threaded processes train about as fast as one process with two threads" in prose(
         "12_scaling_out")
+
+
+def test_model_card_quotes_the_ablation_behind_the_half_width_candidate():
+    """The candidate section of the model card quotes experiments/results/ablation.json (Zen 4 calibration and
+    scores at sampling seeds 0 and 1) and the preset's steps; regenerating the file must not leave it stale."""
+    card = re.sub(r"\s+", " ", (CHECKPOINTS / "README.md").read_text())
+    entries = json.loads((ROOT / "experiments" / "results" / "ablation.json").read_text())["entries"]
+    rate = entries["calibration"]["steps_per_second"]
+    assert f"takes {rate['half_width'] / rate['baseline']:.2f} times as many steps" in card
+
+    def pair(name):
+        return " and ".join(f"{entries[f'eval:{name}:train0:sample{s}']['fd_ratio']:.2f}" for s in (0, 1))
+
+    assert f"FD ratios of {pair('half_width')} (sampling seeds 0 and 1" in card
+    assert f"against {pair('baseline')} for the book's UNet" in card
+    assert f"FD ratios {pair('half_width_lr_decay')} with the decaying rate" in card
+    assert f"{pair('half_width_cosine_clip')} with the cosine schedule" in card
+    recipe = PRESETS["half_width"].train
+    assert f"{recipe.steps:,} steps, with the EMA exported at step {recipe.snapshot_steps[0]:,}" in card
+    assert f"({PRESETS['half_width'].model.base_channels} base channels" in card
