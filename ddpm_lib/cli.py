@@ -88,10 +88,11 @@ def _class_labels(args, model) -> list[int] | None:
     return [label] * args.n
 
 
-def _draw(args) -> tuple[torch.Tensor, dict]:
-    """Sample images as chosen on the command line; returns (x in [-1, 1], description)."""
+def _plan(args):
+    """What the command line asks to sample: the checkpoint, the sampler's arguments, and their description
+    (everything that fixes the samples but the seed), checked before anything is drawn."""
     from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-    from .sampling import sample, sampling_numerics
+    from .sampling import sampling_numerics
 
     ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
     device = _device(args.device)
@@ -115,8 +116,8 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
         {"eta": args.eta, "clip_x0": args.clip_x0} if args.sampler == "ddim" else {"clip_x0": args.clip_x0}
     steps = args.steps or {"ddpm": T, "ddim": 50}.get(args.sampler, 20)
     guide = {"class_labels": labels, "guidance": args.guidance} if labels is not None else {}
-    x = sample(ckpt.model, ckpt.schedule, n, args.sampler, steps, seed=args.seed, batch_size=args.batch_size,
-               **extra, **guide, **fixed, **({"progress": sys.stderr.isatty()} if args.sampler == "ddpm" else {}))
+    kwargs = dict(batch_size=args.batch_size, **extra, **guide, **fixed,
+                  **({"progress": sys.stderr.isatty()} if args.sampler == "ddpm" else {}))
     desc = {"sampler": args.sampler, **extra, "steps": steps}
     if labels is not None:
         desc.update({"class": args.class_label, "guidance": args.guidance})
@@ -124,6 +125,15 @@ def _draw(args) -> tuple[torch.Tensor, dict]:
     # belongs to the description of what was sampled, like the seed
     desc.update(batch_size=args.batch_size, **fixed, device=str(device),
                 train_step=ckpt.info.get("step"), train_seconds=ckpt.info.get("train_seconds"))
+    return ckpt, n, steps, kwargs, desc
+
+
+def _draw(args, plan=None) -> tuple[torch.Tensor, dict]:
+    """Sample images as chosen on the command line; returns (x in [-1, 1], description)."""
+    from .sampling import sample
+
+    ckpt, n, steps, kwargs, desc = plan or _plan(args)
+    x = sample(ckpt.model, ckpt.schedule, n, args.sampler, steps, seed=args.seed, **kwargs)
     return x, desc
 
 
@@ -159,7 +169,7 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .data import from_model_range
-    from .metrics import evaluate_samples, summarize_seeds
+    from .metrics import evaluate_samples
 
     if args.samples_out and Path(args.samples_out).suffix != ".npy":
         raise SystemExit(f"--samples-out must end in .npy, got {args.samples_out}")
@@ -168,16 +178,21 @@ def cmd_evaluate(args) -> int:
         raise SystemExit(f"--seeds must not repeat a seed, got {seeds}")
     if len(seeds) > 1 and args.samples_out:
         raise SystemExit("--samples-out keeps the samples of one seed: give --seed, not several --seeds")
-    reports = []
-    from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
-
-    cfg = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT).config
+    plan = _plan(args)
+    cfg = plan[0].config
     if (cfg.image_channels, cfg.image_size) != (1, 28):
         raise SystemExit(f"evaluate scores samples with an MNIST classifier; this checkpoint draws "
                          f"{cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images. Use `sample` to look at them.")
+    what = {"checkpoint": str(args.checkpoint or "shipped"), "n": plan[1], **plan[4]}
+    before = _scored_before(args.out, what, seeds)
+    reports = {}
     for seed in seeds:
+        if seed in before:
+            reports[seed] = before[seed]
+            print(f"seed {seed}: scored before, kept from {args.out}", file=sys.stderr, flush=True)
+            continue
         t0 = time.perf_counter()
-        x, desc = _draw(argparse.Namespace(**{**vars(args), "seed": seed}))
+        x, desc = _draw(argparse.Namespace(**{**vars(args), "seed": seed}), plan)
         sample_seconds = time.perf_counter() - t0
         # Score the samples as 8-bit images, like the real digits they are compared with and like a
         # saved PNG: the report can then be reproduced exactly from the --samples-out file.
@@ -186,25 +201,58 @@ def cmd_evaluate(args) -> int:
             _save_npy(images, Path(args.samples_out))
         report = evaluate_samples(images, seed=seed)
         report.update(desc)
-        report["checkpoint"] = str(args.checkpoint or "shipped")
+        report["checkpoint"] = what["checkpoint"]
         report["sample_seconds"] = round(sample_seconds, 1)
-        reports.append(report)
+        reports[seed] = report
         if len(seeds) > 1:
             print(f"seed {seed}: FD {report['fd']:.2f}, floor {report['fd_floor']:.2f}, "
                   f"ratio {report['fd_ratio']:.2f}", file=sys.stderr, flush=True)
-    if len(reports) == 1:
-        report = reports[0]
-    else:
-        report = summarize_seeds(reports)
-        report.update({k: v for k, v in reports[0].items() if k in desc or k == "checkpoint"})
-        report["sample_seconds"] = round(sum(r["sample_seconds"] for r in reports), 1)
-    text = json.dumps(report, indent=2)
+            if args.out:  # a long evaluation keeps what it has scored: the same command resumes it
+                _write_report(args.out, _seeds_report(list(reports.values())))
+    report = _seeds_report([reports[s] for s in seeds])
     if args.out:
-        from .checkpoint import atomic_write_bytes
-
-        atomic_write_bytes(args.out, (text + "\n").encode())
-    print(text)
+        _write_report(args.out, report)
+    print(json.dumps(report, indent=2))
     return 0
+
+
+def _seeds_report(reports: list[dict]) -> dict:
+    """One seed's report as it is; several seeds summarized, with what was sampled and its total time."""
+    from .metrics import summarize_seeds
+
+    if len(reports) == 1:
+        return reports[0]
+    report = summarize_seeds(reports)
+    shared = set(reports[0]) - set(report) - {"seed", "n_floor", "sample_seconds"}
+    report.update({k: v for k, v in reports[0].items() if k in shared})
+    report["sample_seconds"] = round(sum(r["sample_seconds"] for r in reports), 1)
+    return report
+
+
+def _write_report(path, report: dict) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
+
+
+def _scored_before(out, what: dict, seeds: list[int]) -> dict[int, dict]:
+    """The reports of these seeds in an earlier --out file of the same evaluation, by seed: a rerun keeps
+    them and scores only the others. The same evaluation means every field of ``what`` (checkpoint, N,
+    sampler and its arguments, numerics, device, ...) is equal; anything else in the file is an error."""
+    if not out or not Path(out).exists():
+        return {}
+    try:
+        old = json.loads(Path(out).read_text())
+        old = old.get("per_seed", [old])
+        differ = {k: (r.get(k), v) for r in old for k, v in what.items() if r.get(k) != v}
+        kept = {r["seed"]: r for r in old if r["seed"] in seeds}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SystemExit(f"{out} exists but is not an evaluate report ({e!r}); remove it or give another --out")
+    if differ:
+        raise SystemExit(f"{out} holds an evaluation of something else "
+                         f"({', '.join(f'{k}: {a} there, {b} now' for k, (a, b) in differ.items())}); "
+                         f"remove it to score every seed afresh, or give another --out")
+    return kept
 
 
 def _as_options(message: str, names) -> str:
@@ -413,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="sample and print quality figures as JSON (FD, floor, confidence, digit histogram)")
     _add_sampler_args(p)
     p.set_defaults(n=1000)
-    p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.add_argument("--out", default=None,
+                   help="also write the JSON report to this file; with --seeds it is rewritten after every seed, "
+                        "and a rerun keeps the seeds it holds (same checkpoint and settings) and scores the rest")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="score each of these seeds (its own x_T, z and real-data floor subset) and report the "
                         "mean FD over the mean floor, the spread, and every seed's figures; overrides --seed")

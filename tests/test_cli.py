@@ -116,6 +116,52 @@ def test_evaluate_several_seeds_reports_each_and_their_mean(tiny_checkpoint, tmp
         main(common + ["--seeds", "0", "1", "--samples-out", str(tmp_path / "x.npy")])
 
 
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """--out keeps every seed scored so far; the same command, or one with more seeds, scores only the rest,
+    and the result is the one an uninterrupted run writes. A file of other settings is refused, not mixed in."""
+    import ddpm_lib.metrics
+
+    common = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--n", "20", "--sampler", "ddim", "--steps", "5"]
+    strip = lambda r: {k: v for k, v in r.items() if k != "sample_seconds"}
+    assert main(common + ["--seeds", "0", "1", "2", "--out", str(tmp_path / "whole.json")]) == 0
+    whole = json.loads(capsys.readouterr().out)
+
+    out = tmp_path / "eval.json"
+    score = ddpm_lib.metrics.evaluate_samples
+
+    def interrupted_at_seed_2(images, seed=0, **kw):
+        if seed == 2:
+            raise KeyboardInterrupt
+        return score(images, seed=seed, **kw)
+
+    monkeypatch.setattr(ddpm_lib.metrics, "evaluate_samples", interrupted_at_seed_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(common + ["--seeds", "0", "1", "2", "--out", str(out)])
+    assert json.loads(out.read_text())["seeds"] == [0, 1]          # what was scored is on disk
+    monkeypatch.setattr(ddpm_lib.metrics, "evaluate_samples", score)
+    capsys.readouterr()
+
+    assert main(common + ["--seeds", "0", "1", "2", "--out", str(out)]) == 0
+    resumed = json.loads(capsys.readouterr().out)
+    assert resumed == json.loads(out.read_text())
+    assert [strip(r) for r in resumed["per_seed"]] == [strip(r) for r in whole["per_seed"]]
+    assert strip(resumed) == strip(whole)
+
+    # seeds already scored are not drawn again (even a subset of them), only reported
+    monkeypatch.setattr(ddpm_lib.metrics, "evaluate_samples", interrupted_at_seed_2)
+    assert main(common + ["--seeds", "1", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "seed 1: scored before" in err and "seed 2: scored before" in err
+    monkeypatch.setattr(ddpm_lib.metrics, "evaluate_samples", score)
+
+    with pytest.raises(SystemExit, match=r"holds an evaluation of something else \(steps: 5 there, 4 now\)"):
+        main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--n", "20", "--sampler", "ddim", "--steps", "4",
+              "--seeds", "0", "3", "--out", str(out)])
+    out.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="exists but is not an evaluate report"):
+        main(common + ["--seeds", "0", "1", "--out", str(out)])
+
+
 def test_device_requests_fail_clearly(tiny_checkpoint, tmp_path):
     import torch
 

@@ -115,3 +115,23 @@ def test_model_card_quotes_the_ablation_behind_the_half_width_candidate():
     recipe = PRESETS["half_width"].train
     assert f"{recipe.steps:,} steps, with the EMA exported at step {recipe.snapshot_steps[0]:,}" in card
     assert f"({PRESETS['half_width'].model.base_channels} base channels" in card
+
+
+def test_model_card_reports_the_candidate_under_the_protocol():
+    """The candidate's scores under the protocol in the model card are those of its committed reports, at five
+    sampling seeds, next to the shipped checkpoints' ratios at the same seeds."""
+    card = re.sub(r"\s+", " ", (CHECKPOINTS / "README.md").read_text())
+    for stem, shipped in (("eval_half_width_10min_seeds", "eval_ddpm_mnist_10min_seeds"),
+                          ("eval_half_width_seeds", "eval_ddpm_mnist_seeds")):
+        r, ship = report(f"candidates/{stem}"), report(shipped)
+        assert r["seeds"] == [0, 1, 2, 3, 4]
+        assert (r["n"], r["steps"], r["sampler"], r["variance"], r["batch_size"]) == (1000, 1000, "ddpm", "beta", 1000)
+        row = (f"| 0-4 | {r['fd']:.2f} ({r['fd_sd']:.2f}) | {r['fd_floor']:.2f} ({r['fd_floor_sd']:.2f}) | "
+               f"**{r['fd_ratio']:.2f}** | {min(r['fd_ratio_per_seed']):.2f} to {max(r['fd_ratio_per_seed']):.2f} "
+               f"(sd {r['fd_ratio_sd']:.2f}) | {r['min_fraction']:.1%} to {r['max_fraction']:.1%} | "
+               f"{r['mean_confidence']:.3f} |")
+        assert row in card, row
+        common = [s for s in r["seeds"] if s in ship["seeds"]]
+        own = ", ".join(f"{r['fd_ratio_per_seed'][r['seeds'].index(s)]:.2f}" for s in common)
+        theirs = ", ".join(f"{ship['fd_ratio_per_seed'][ship['seeds'].index(s)]:.2f}" for s in common)
+        assert f"{own} against the shipped {theirs}" in card, (own, theirs)
