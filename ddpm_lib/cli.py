@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -88,7 +89,15 @@ def _class_labels(args, model) -> list[int] | None:
     return [label] * args.n
 
 
-def _plan(args):
+class _Plan(NamedTuple):
+    ckpt: object       # the loaded Checkpoint
+    n: int             # images to draw
+    steps: int
+    kwargs: dict       # the rest of sampling.sample's arguments, but the seed
+    desc: dict         # what fixes the samples but the seed, as the reports record it
+
+
+def _plan(args) -> _Plan:
     """What the command line asks to sample: the checkpoint, the sampler's arguments, and their description
     (everything that fixes the samples but the seed), checked before anything is drawn."""
     from .checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
@@ -125,16 +134,16 @@ def _plan(args):
     # belongs to the description of what was sampled, like the seed
     desc.update(batch_size=args.batch_size, **fixed, device=str(device),
                 train_step=ckpt.info.get("step"), train_seconds=ckpt.info.get("train_seconds"))
-    return ckpt, n, steps, kwargs, desc
+    return _Plan(ckpt, n, steps, kwargs, desc)
 
 
-def _draw(args, plan=None) -> tuple[torch.Tensor, dict]:
+def _draw(args, plan: _Plan | None = None) -> tuple[torch.Tensor, dict]:
     """Sample images as chosen on the command line; returns (x in [-1, 1], description)."""
     from .sampling import sample
 
-    ckpt, n, steps, kwargs, desc = plan or _plan(args)
-    x = sample(ckpt.model, ckpt.schedule, n, args.sampler, steps, seed=args.seed, **kwargs)
-    return x, desc
+    plan = plan or _plan(args)
+    x = sample(plan.ckpt.model, plan.ckpt.schedule, plan.n, args.sampler, plan.steps, seed=args.seed, **plan.kwargs)
+    return x, plan.desc
 
 
 def _save_npy(images: torch.Tensor, path: Path) -> None:
@@ -179,11 +188,11 @@ def cmd_evaluate(args) -> int:
     if len(seeds) > 1 and args.samples_out:
         raise SystemExit("--samples-out keeps the samples of one seed: give --seed, not several --seeds")
     plan = _plan(args)
-    cfg = plan[0].config
+    cfg = plan.ckpt.config
     if (cfg.image_channels, cfg.image_size) != (1, 28):
         raise SystemExit(f"evaluate scores samples with an MNIST classifier; this checkpoint draws "
                          f"{cfg.image_channels}x{cfg.image_size}x{cfg.image_size} images. Use `sample` to look at them.")
-    what = {"checkpoint": str(args.checkpoint or "shipped"), "n": plan[1], **plan[4]}
+    what = {"checkpoint": str(args.checkpoint or "shipped"), "n": plan.n, **plan.desc}
     before = _scored_before(args.out, what, seeds)
     reports = {}
     for seed in seeds:
@@ -208,23 +217,23 @@ def cmd_evaluate(args) -> int:
             print(f"seed {seed}: FD {report['fd']:.2f}, floor {report['fd_floor']:.2f}, "
                   f"ratio {report['fd_ratio']:.2f}", file=sys.stderr, flush=True)
             if args.out:  # a long evaluation keeps what it has scored: the same command resumes it
-                _write_report(args.out, _seeds_report(list(reports.values())))
-    report = _seeds_report([reports[s] for s in seeds])
+                _write_report(args.out, _seeds_report(list(reports.values()), what))
+    report = _seeds_report([reports[s] for s in seeds], what)
     if args.out:
         _write_report(args.out, report)
     print(json.dumps(report, indent=2))
     return 0
 
 
-def _seeds_report(reports: list[dict]) -> dict:
-    """One seed's report as it is; several seeds summarized, with what was sampled and its total time."""
+def _seeds_report(reports: list[dict], what: dict) -> dict:
+    """One seed's report as it is; several seeds summarized, with what was sampled (the fields of ``what``,
+    the same for every seed) and their total sampling time."""
     from .metrics import summarize_seeds
 
     if len(reports) == 1:
         return reports[0]
     report = summarize_seeds(reports)
-    shared = set(reports[0]) - set(report) - {"seed", "n_floor", "sample_seconds"}
-    report.update({k: v for k, v in reports[0].items() if k in shared})
+    report.update({k: v for k, v in reports[0].items() if k in what})
     report["sample_seconds"] = round(sum(r["sample_seconds"] for r in reports), 1)
     return report
 

@@ -38,6 +38,11 @@ def prose(name: str) -> str:
     return re.sub(r"\s+", " ", " ".join(out))
 
 
+def model_card() -> str:
+    """checkpoints/README.md with line breaks folded to spaces."""
+    return re.sub(r"\s+", " ", (CHECKPOINTS / "README.md").read_text())
+
+
 def report(stem: str) -> dict:
     return json.loads((CHECKPOINTS / f"{stem}.json").read_text())
 
@@ -87,7 +92,7 @@ def test_model_card_quotes_the_ddp_bench_file():
     """The model card's two throughputs and their ratio are those of bench/results/ddp_cpu.json."""
     bench = json.loads((ROOT / "bench" / "results" / "ddp_cpu.json").read_text())
     one, two = (next(r for r in bench["runs"] if r["processes"] == p) for p in (1, 2))
-    card = re.sub(r"\s+", " ", (CHECKPOINTS / "README.md").read_text())
+    card = model_card()
     assert (f"{one['images_per_s']:.1f} images/s and {two['images_per_s']:.1f} images/s "
             f"({two['images_per_s'] / one['images_per_s']:.2f}x)") in card
     assert f"for {bench['steps']} steps (global batch {bench['global_batch']}, {bench['numerics']})" in card
@@ -100,7 +105,7 @@ def test_model_card_quotes_the_ddp_bench_file():
 def test_model_card_quotes_the_ablation_behind_the_half_width_candidate():
     """The candidate section of the model card quotes experiments/results/ablation.json (Zen 4 calibration and
     scores at sampling seeds 0 and 1) and the preset's steps; regenerating the file must not leave it stale."""
-    card = re.sub(r"\s+", " ", (CHECKPOINTS / "README.md").read_text())
+    card = model_card()
     entries = json.loads((ROOT / "experiments" / "results" / "ablation.json").read_text())["entries"]
     rate = entries["calibration"]["steps_per_second"]
     assert f"takes {rate['half_width'] / rate['baseline']:.2f} times as many steps" in card
@@ -120,7 +125,7 @@ def test_model_card_quotes_the_ablation_behind_the_half_width_candidate():
 def test_model_card_reports_the_candidate_under_the_protocol():
     """The candidate's scores under the protocol in the model card are those of its committed reports, at five
     sampling seeds, next to the shipped checkpoints' ratios at the same seeds."""
-    card = re.sub(r"\s+", " ", (CHECKPOINTS / "README.md").read_text())
+    card = model_card()
     for stem, shipped in (("eval_half_width_10min_seeds", "eval_ddpm_mnist_10min_seeds"),
                           ("eval_half_width_seeds", "eval_ddpm_mnist_seeds")):
         r, ship = report(f"candidates/{stem}"), report(shipped)
