@@ -2,6 +2,7 @@
 #
 #   make book    build the static site into book/_build/html (the main command)
 #   make test    build the site, then run every test (library, notebooks, browser)
+#   make check   the fast library tests only, no book build (under 2 minutes on 2 cores)
 #   make clean   remove what the build made (not .venv; `make distclean` does)
 #
 # Everything runs with the project's virtual environment, .venv/.
@@ -44,11 +45,12 @@ TEST_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 endif
 endif
 
-.PHONY: help venv data notebooks mathjax book test clean distclean
+.PHONY: help venv data notebooks mathjax book test check clean distclean
 
 help:
 	@echo "make book    build the site (book/_build/html)"
 	@echo "make test    build the site and run all tests"
+	@echo "make check   the fast library tests (no book build, no notebooks, browser, torchrun or slow tests)"
 	@echo "make venv | data | notebooks | mathjax | clean | distclean"
 
 ## venv: create .venv if missing and install the project with all extras.
@@ -111,6 +113,17 @@ test: book
 	$(BIN)/python tests/nbval_reference.py
 	$(TEST_ENV) $(BIN)/python -c "import torch; print('tests run with ATen', torch.backends.cpu.get_cpu_capability(), '$(TEST_ENV)')"
 	$(TEST_ENV) $(BIN)/python -m pytest tests $(wildcard notebooks) --nbval-lax --nbval-cell-timeout=240 --durations=25 $(PYTEST_ARGS)
+
+## check: the fast inner loop: the library tests that are not marked slow, notebook,
+## browser or distributed (markers: tests/conftest.py), under the same CPU cap as
+## `make test`, with no book build. `make test` still runs everything.
+CHECK_MARKERS := not slow and not notebook and not browser and not distributed
+
+check: venv data
+	$(TEST_ENV) $(BIN)/python -c "import torch; print('tests run with ATen', torch.backends.cpu.get_cpu_capability(), '$(TEST_ENV)')"
+	@start=$$(date +%s); \
+	  $(TEST_ENV) $(BIN)/python -m pytest tests -m "$(CHECK_MARKERS)" --durations=10 $(PYTEST_ARGS); \
+	  rc=$$?; echo "make check took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 clean:
 	rm -rf book/_build $(MATHJAX_DIR) artifacts/screenshots .pytest_cache

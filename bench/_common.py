@@ -24,11 +24,11 @@ def parser(description: str) -> argparse.ArgumentParser:
 def machine(device: str = "cpu") -> str:
     if torch.device(device).type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    from ddpm_lib import numerics
+    from ddpm_lib import machine as m
 
-    cap = numerics.isa_cap()
-    return (f"{numerics.cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, ATen "
-            f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'native' if numerics.bf16_native() else 'emulated'}"
+    cap = m.isa_cap()
+    return (f"{m.cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, ATen "
+            f"{torch.backends.cpu.get_cpu_capability()}, oneDNN bf16 {'native' if m.bf16_native() else 'emulated'}"
             + (f", capped by {' '.join(f'{k}={v}' for k, v in cap.items())}" if cap else ""))
 
 

@@ -79,7 +79,7 @@ def main():
     for nproc, threads, rate in rows:
         print(f"{nproc:9d} {threads:12d} {rate:10.1f} {rate / rows[0][2]:5.2f}x")
     if args.out:
-        from ddpm_lib.checkpoint import atomic_write_bytes
+        from ddpm_lib._io import atomic_write_bytes
 
         report = {"machine": machine(args.device), "device": args.device, "preset": args.preset, "steps": args.steps,
                   "global_batch": batch, "numerics": "fp32 contiguous", "command": " ".join(sys.argv),

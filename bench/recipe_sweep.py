@@ -68,7 +68,8 @@ def run(name: str, spec: tuple, args) -> dict:
         t0 = time.perf_counter()
         cli("train", "--preset", "shipped", "--out-dir", str(out / name), "--no-resume", "--no-progress",
             "--max-minutes", "0", "--steps", str(steps), "--batch-size", str(bs), "--lr", str(lr),
-            "--ema-decay", str(ema), "--checkpoint-every", str(steps), "--export", str(ckpt))
+            "--ema-decay", str(ema), "--checkpoint-every", str(steps), "--export", str(ckpt),
+            "--force")      # a rerun of the sweep replaces its own earlier candidates
         train_s = time.perf_counter() - t0
         reports = {}
         for seed in args.seeds:

@@ -27,8 +27,8 @@ from ddpm_lib import metrics
 from ddpm_lib.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from ddpm_lib.data import from_model_range
 from ddpm_lib.presets import PRESETS
-from ddpm_lib.numerics import variant_name
-from ddpm_lib.sampling import ddpm_sample, p_sample, sampling_numerics
+from ddpm_lib.numerics import Numerics, choose_numerics, variant_name
+from ddpm_lib.sampling import ddpm_sample, p_sample
 from ddpm_lib.schedule import make_schedule
 
 
@@ -39,7 +39,7 @@ def agreement(n: int, device: str) -> None:
     for bf16 in (False, True):
         t0 = time.perf_counter()
         x = ddpm_sample(ckpt.model, ckpt.schedule, n, seed=0, batch_size=n, device=device,
-                        precision="bf16" if bf16 else "fp32", channels_last=False)
+                        numerics=Numerics("bf16" if bf16 else "fp32"))
         seconds[bf16] = time.perf_counter() - t0
         images[bf16] = from_model_range(x)  # 8-bit, as evaluate scores them
     diff = (images[True].float() - images[False].float()).abs() / 255.0
@@ -83,7 +83,8 @@ def main():
     print(f"\nmachine: {machine(args.device)}\nmodel: preset {args.preset!r}, batch {args.batch_size}, T = {schedule.T}")
     print_table("sampling throughput (one reverse step per image)", "evals/s", rows,
                 ("images/s", lambda v: v / schedule.T))
-    auto = sampling_numerics(make_model(args.preset, device=args.device), args.device, args.batch_size)
+    auto = choose_numerics(make_model(args.preset, device=args.device), device=args.device, purpose="sample",
+                           batch_size=args.batch_size)
     print_auto_pick(rows, {name: variant_name("bf16" if bf16 else "fp32", cl) for name, bf16, cl in variants}, auto)
     if args.agreement:
         agreement(args.agreement, args.device)

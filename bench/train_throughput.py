@@ -3,8 +3,8 @@
     python bench/train_throughput.py [--preset shipped] [--batch-size B] [--seconds 15] [--compile] [--device cuda]
                                      [--profile]
 
-Prints images/s for one training step (Algorithm 1: forward, L_simple, backward,
-Adam) with fp32 eager as the baseline, bf16 autocast, channels_last, both, and
+Prints images/s for one training step (Algorithm 1 as ``ddpm_lib.optim.train_step``
+takes it: forward, L_simple, backward, clipping, Adam) with fp32 eager as the baseline, bf16 autocast, channels_last, both, and
 optionally torch.compile; the ratio to the baseline; and the FLOPs per image
 with the achieved GFLOP/s, so the utilisation of the machine can be judged.
 Only ratios from the same run are comparable: other load on the machine moves
@@ -25,29 +25,25 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from _common import machine, make_model, parser, print_auto_pick, print_table, rates
-from ddpm_lib.numerics import choose_numerics, variant_name
+from ddpm_lib.losses import DiffusionLoss
+from ddpm_lib.numerics import Numerics, choose_numerics, variant_name
+from ddpm_lib.optim import train_step
 from ddpm_lib.presets import PRESETS
 from ddpm_lib.schedule import make_schedule
-from ddpm_lib.training import diffusion_loss
 
 
 def train_step_fn(model, schedule, batch_size, bf16, channels_last, device="cpu"):
-    """One step of Algorithm 1 as ddpm_lib.training runs it: forward under autocast, L_simple, backward, Adam."""
+    """One step of Algorithm 1 exactly as ddpm_lib.training runs it (ddpm_lib.optim.train_step: L_simple under
+    the variant's numerics, backward, gradient clipping, Adam), on fixed inputs, as a closure."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    numerics = Numerics("bf16" if bf16 else "fp32", channels_last)
     g = torch.Generator().manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = numerics.memory_format
     x0 = (torch.rand(batch_size, 1, 28, 28, generator=g) * 2 - 1).to(device, memory_format=fmt)
     t = torch.randint(0, schedule.T, (batch_size,), generator=g).to(device)
     noise = torch.randn(x0.shape, generator=g).to(device, memory_format=fmt)
-
-    def step():
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(model, schedule, x0, t, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    loss = DiffusionLoss(schedule)
+    return lambda: train_step(model, loss, optimizer, x0, t, noise, numerics=numerics, grad_clip=1.0)
 
 
 def conv_split(step, steps: int = 5) -> tuple[float, float]:

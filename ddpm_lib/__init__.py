@@ -1,17 +1,31 @@
 """ddpm_lib: the small library behind the DDPM tutorial book.
 
-One module per concept, named after the paper (Ho et al. 2020):
+One module per concept, named after the paper (Ho et al. 2020), with the chapter that teaches it:
 
-* :mod:`ddpm_lib.schedule`   -- beta schedules and the forward process q (Eqs. 2, 4, 6, 7)
-* :mod:`ddpm_lib.data`       -- MNIST, verified, scaled to [-1, 1]
-* :mod:`ddpm_lib.models`     -- the noise predictors eps_theta: ``SimpleUNet`` and ``UNet``
-* :mod:`ddpm_lib.training`   -- Algorithm 1 with EMA, checkpoints and exact resume
-* :mod:`ddpm_lib.sampling`   -- Algorithm 2 (``p_sample``, ``ddpm_sample``) and DDIM
-* :mod:`ddpm_lib.checkpoint` -- safetensors checkpoints with their config inside
-* :mod:`ddpm_lib.metrics`    -- sample quality: a Frechet distance on MNIST-classifier features
-* :mod:`ddpm_lib.viz`        -- plotting helpers for the notebooks
+The maths
+* :mod:`ddpm_lib.schedule`   -- beta schedules and the forward process q (Eqs. 2, 4, 6, 7); ch. 1-2
+* :mod:`ddpm_lib.likelihood` -- the variational bound in bits/dim (Eq. 5); ch. 3
+* :mod:`ddpm_lib.models`     -- the noise predictors eps_theta: ``UNet`` and ``SimpleUNet``; ch. 4
+* :mod:`ddpm_lib.losses`     -- the training objectives: L_simple (Eq. 14), its x0/v forms, cold diffusion's; ch. 5, 10
+* :mod:`ddpm_lib.optim`      -- one optimisation step of Algorithm 1 (``train_step``); ch. 5
+* :mod:`ddpm_lib.ema`        -- the moving average of the weights, and BatchNorm statistics for it; ch. 5, 10
+* :mod:`ddpm_lib.training`   -- Algorithm 1's loop (``train``): checkpoints, exact resume, clean stops; ch. 5
+* :mod:`ddpm_lib.presets`    -- ``TrainConfig`` and the named recipes behind every checkpoint; ch. 5
+* :mod:`ddpm_lib.sampling`   -- Algorithm 2, DDIM, DPM-Solver++, cold diffusion's sampler; ch. 6, 8, 10
+* :mod:`ddpm_lib.guidance`   -- classifier-free guidance; ch. 9
+* :mod:`ddpm_lib.cold`       -- cold diffusion's forward process, a blur (Bansal et al. 2022); ch. 10
 
-Command line: ``python -m ddpm_lib --help``.
+Measuring
+* :mod:`ddpm_lib.classifier` -- the book's MNIST classifier, the judge of sample quality; ch. 7
+* :mod:`ddpm_lib.metrics`    -- Frechet distance on its features, the real-data floor, seed summaries; ch. 7
+
+Engineering
+* :mod:`ddpm_lib.data`        -- MNIST (verified by SHA-256) and other image folders, scaled to [-1, 1]; ch. 1
+* :mod:`ddpm_lib.checkpoint`  -- every file format: model checkpoints and training states (safetensors); ch. 5
+* :mod:`ddpm_lib.numerics`    -- fp32 or bf16, contiguous or channels_last: chosen by measurement; ch. 5
+* :mod:`ddpm_lib.distributed` -- data-parallel training under torchrun; ch. 12
+* :mod:`ddpm_lib.viz`         -- plots, image grids and the kernel-free players of the notebooks
+* :mod:`ddpm_lib.cli`         -- the command line: ``python -m ddpm_lib --help``
 """
 
 __version__ = "0.1.0"

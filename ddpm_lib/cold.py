@@ -10,10 +10,10 @@ paper's recipe for the blur).
 
 * :class:`BlurDegradation` -- D(x_0, t), exact in Fourier space with a circular boundary. It
   plays the part a :class:`~ddpm_lib.schedule.DiffusionSchedule` plays for DDPM: ``T``, and the
-  forward process; :func:`ddpm_lib.training.train` trains on it with :func:`cold_loss`.
-* :func:`cold_loss` -- || R(D(x_0, t), t) - x_0 ||_1 (the paper's loss, section 3.1).
-* :func:`cold_sample` -- the paper's improved sampling (its Algorithm 2).
-* :class:`GaussianMixture1D` -- the initial grey level.
+  forward process; :func:`ddpm_lib.training.train` trains on it with
+  :class:`ddpm_lib.losses.ColdLoss`, || R(D(x_0, t), t) - x_0 ||_1 (the paper's loss, section 3.1).
+* :class:`GaussianMixture1D` and :func:`initial_state` -- the initial grey level.
+* :func:`ddpm_lib.sampling.cold.cold_sample` -- the paper's improved sampling (its Algorithm 2).
 
 Timesteps are zero-indexed like the rest of the library: t in [0, T) is the paper's t + 1, and
 "D(x, -1)" is x itself.
@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 import torch
-from torch import nn
 
-from .sampling._loop import BatchContext, run_batches
 
 
 @lru_cache(maxsize=8)
@@ -80,23 +78,11 @@ class BlurDegradation:
         blurred = torch.fft.irfft2(spectrum, s=(h, w)).to(x0.dtype)
         return torch.where((t >= 0).to(x0.device).view(-1, 1, 1, 1), blurred, x0)   # exact at t = -1
 
-
-def cold_loss(model: nn.Module, degradation: BlurDegradation, x0: torch.Tensor, t: torch.Tensor,
-              noise: torch.Tensor | None = None, min_snr_gamma: float = 0.0, y: torch.Tensor | None = None,
-              prediction: str = "x0") -> torch.Tensor:
-    """|| R(D(x_0, t), t) - x_0 ||_1, averaged (Bansal et al. 2022, section 3.1, with the L1 norm they train with).
-
-    The signature is :func:`ddpm_lib.training.diffusion_loss`'s, so :func:`~ddpm_lib.training.train`
-    runs either; ``noise`` is unused (the training loop still draws it, so a cold run sees the same
-    images and timesteps as a DDPM run with the same seed).
-    """
-    if prediction != "x0":
-        raise ValueError(f"a cold-diffusion network restores the image: build it with prediction='x0', not {prediction!r}")
-    if min_snr_gamma:
-        raise ValueError("min_snr_gamma weights noise levels; cold diffusion has none: set it to 0")
-    x_t = degradation.degrade(x0, t)
-    out = model(x_t, t) if y is None else model(x_t, t, y)
-    return (out.float() - x0.float()).abs().mean()
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """A draw of x_t ~ q(x_t | x_0), as :meth:`DiffusionSchedule.q_sample` gives one: here q is a point
+        mass at D(x_0, t), so ``noise`` is accepted and unused (code that corrupts training inputs runs
+        either forward process unchanged)."""
+        return self.degrade(x0, t)
 
 
 @dataclass(frozen=True)
@@ -142,32 +128,3 @@ def initial_state(mixture: GaussianMixture1D, n: int, shape: tuple, generator: t
     if noise_std:
         x += noise_std * torch.randn(x.shape, generator=generator)
     return x
-
-
-@torch.no_grad()
-def cold_sample(model: nn.Module, degradation: BlurDegradation, mixture: GaussianMixture1D, n: int, *,
-                seed: int = 0, noise_std: float = 0.0, batch_size: int = 500, device=None,
-                precision: str = "auto", channels_last: bool | None = None) -> torch.Tensor:
-    """Generate n images with the improved sampling of Bansal et al. 2022 (their Algorithm 2).
-
-        x_T = a constant image (its level from ``mixture``)
-        for s = T .. 1:   x0_hat = R(x_s, s);   x_{s-1} = x_s - D(x0_hat, s) + D(x0_hat, s - 1)
-
-    The correction D(x0_hat, s) - D(x0_hat, s-1) removes one step of blur whatever the error in
-    x0_hat, where the naive x_{s-1} = D(x0_hat, s-1) would compound it. Returns (n, C, H, W) on the CPU.
-    """
-    cfg = model.config
-    shape = (cfg.image_channels, cfg.image_size, cfg.image_size)
-    generator = torch.Generator().manual_seed(seed)
-    x_T = initial_state(mixture, n, shape, generator, noise_std)
-
-    def body(ctx: BatchContext, x: torch.Tensor) -> torch.Tensor:
-        b = x.shape[0]
-        for i in range(degradation.T - 1, -1, -1):
-            x0_hat = ctx.output(x, i)                                       # R(x_s, s)
-            s = torch.full((b,), i, dtype=torch.long)
-            x = x - degradation.degrade(x0_hat, s) + degradation.degrade(x0_hat, s - 1)
-        return x
-
-    return run_batches(model, degradation, n, body, x_T=x_T, batch_size=batch_size, device=device,
-                       precision=precision, channels_last=channels_last)

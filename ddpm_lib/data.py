@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ._io import atomic_write_bytes
+
 #: SHA-256 of the four uncompressed idx files.
 MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -48,6 +50,15 @@ def default_data_dir() -> Path:
     """``$DDPM_DATA_DIR`` if set, else ``~/.cache/ddpm_lib/data``."""
     env = os.environ.get("DDPM_DATA_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ddpm_lib" / "data"
+
+
+def _data_root(root: str | os.PathLike | None) -> Path:
+    """``root``, or the default data folder; a file there is refused (the datasets live in a folder)."""
+    root = Path(root) if root is not None else default_data_dir()
+    if root.exists() and not root.is_dir():
+        raise DataUnavailableError(f"the data folder {root} is a file: --data-dir (or DDPM_DATA_DIR) must name a "
+                                   "folder, where the datasets are kept (it is created if missing)")
+    return root
 
 
 def sha256_of(path: Path) -> str:
@@ -78,9 +89,7 @@ def _verify(path: Path, name: str) -> None:
 def _install(src: Path, raw: Path, name: str) -> None:
     """Verify ``src`` and move it to ``raw/name`` atomically."""
     _verify(src, name)
-    tmp = raw / f".{name}.partial"
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, raw / name)
+    atomic_write_bytes(raw / name, src.read_bytes())
 
 
 def _fetch_torchvision(workdir: Path) -> Path:
@@ -117,7 +126,7 @@ def ensure_mnist(root: str | os.PathLike | None = None, verbose: bool = True) ->
     Returns ``root``. Raises :class:`MNISTUnavailableError` with instructions if
     a file is corrupt or no source could provide the missing ones.
     """
-    root = Path(root) if root is not None else default_data_dir()
+    root = _data_root(root)
     raw = _raw_dir(root)
     raw.mkdir(parents=True, exist_ok=True)
     missing = _missing(raw)
@@ -217,9 +226,13 @@ def load_training_images(spec: str = "mnist", image_channels: int = 1, image_siz
     if spec == "mnist":
         images = load_mnist("train", root).images.unsqueeze(1)                 # uint8 (N, 1, 28, 28)
     elif spec in _TORCHVISION_SETS:
-        images = _torchvision_images(spec, Path(root) if root is not None else default_data_dir())
+        images = _torchvision_images(spec, _data_root(root))
     elif spec.startswith("imagefolder:"):
-        return _image_folder(Path(spec[len("imagefolder:"):]).expanduser(), image_channels, image_size)
+        folder = spec[len("imagefolder:"):]
+        if not folder.strip():
+            raise ValueError("--data imagefolder: names no folder: give imagefolder:PATH, the folder whose "
+                             "subfolders hold the images")
+        return _image_folder(Path(folder).expanduser(), image_channels, image_size)
     else:
         raise ValueError(f"unknown data {spec!r}: expected one of {', '.join(DATA_SOURCES)}")
     return _conform(images, image_channels, image_size)

@@ -43,8 +43,8 @@ result is a bias, not noise: measured with the shipped checkpoint on the first 4
 test digits, bf16 raised every digit's bound, by 0.019 to 0.025 bits/dim (about 1%),
 as much as the standard error over digits of the committed 70-digit estimate
 (``checkpoints/nll_ddpm_mnist.json``). The memory format (contiguous
-or channels_last) is the measured faster one: both are float32, and on the same digits
-they agree to within 1e-6 bits/dim.
+or channels_last; ``python -m ddpm_lib nll`` takes the measured faster one) does not matter:
+both are float32, and on the same digits they agree to within 1e-6 bits/dim.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .numerics import choose_numerics
+from .numerics import Numerics
 from .sampling import as_eps_model, p_mean
 from .schedule import DiffusionSchedule
 
@@ -220,6 +220,67 @@ def _check_data(x0: torch.Tensor) -> None:
                          "discrete (section 3.3), so the bound is defined only there")
 
 
+def _check_arguments(model: nn.Module, schedule: DiffusionSchedule, x0: torch.Tensor, variance: str, t_stride,
+                     batch_size: int, numerics: Numerics | None) -> None:
+    if numerics is not None and numerics.precision != "fp32":
+        raise ValueError(f"the bound is computed in float32 (see the module docstring), not {numerics.precision}: "
+                         "pass numerics with precision='fp32'")
+    if variance not in VLB_VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}: expected one of {', '.join(VLB_VARIANCES)}")
+    if not isinstance(t_stride, int) or isinstance(t_stride, bool) or t_stride < 1:
+        raise ValueError(f"t_stride must be a positive integer, got {t_stride!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_data(x0)
+    cfg = getattr(model, "config", None)
+    if cfg is not None and cfg.num_timesteps != schedule.T:
+        raise ValueError(f"the model was built for T={cfg.num_timesteps} timesteps but the schedule has "
+                         f"T={schedule.T}; use the schedule the model was trained with (load_checkpoint returns it)")
+    if cfg is not None and tuple(x0.shape[1:]) != (cfg.image_channels, cfg.image_size, cfg.image_size):
+        raise ValueError(f"the model takes images of shape {(cfg.image_channels, cfg.image_size, cfg.image_size)}, "
+                         f"got x0 of shape {tuple(x0.shape)}")
+
+
+def _terms(network, schedule: DiffusionSchedule, log_var: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor,
+           x_t: torch.Tensor) -> torch.Tensor:
+    """The bound's term at each (x_0, t, x_t) of a batch: L_0 where t = 0, L_{t-1} elsewhere (nats, float64)."""
+    mean = p_mean(network, schedule, x_t, t)                             # mu_theta(x_t, t), Eq. (11), float64
+    lv = log_var[t].reshape(-1, *([1] * (x_t.dim() - 1)))
+    out = torch.empty(len(t), dtype=torch.float64)
+    dec = t == 0
+    if bool(dec.any()):                                                  # L_0, section 3.3
+        ll = discretized_gaussian_log_likelihood(x_start[dec], mean[dec], 0.5 * lv[dec])
+        out[dec] = -ll.flatten(1).sum(1)
+    kl = ~dec
+    if bool(kl.any()):                                                   # L_{t-1}, Eq. (5)
+        mu_tilde, var_tilde = schedule.q_posterior(x_start[kl], x_t[kl], t[kl])
+        out[kl] = normal_kl(mu_tilde, torch.log(var_tilde), mean[kl], lv[kl]).flatten(1).sum(1)
+    return out
+
+
+def _fill_terms(terms: torch.Tensor, network, schedule: DiffusionSchedule, log_var: torch.Tensor, x0: torch.Tensor,
+                columns, generator: torch.Generator, batch_size: int, bar) -> None:
+    """Evaluate the terms of every image at its ``columns(n)``, ``batch_size`` network calls at a time."""
+    N, T = len(x0), schedule.T
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    count = 0
+    for n in range(N):
+        noise = torch.randn((T, *x0.shape[1:]), generator=generator, dtype=torch.float64)   # all T, whatever is used
+        cols = columns(n)
+        x_start = x0[n].expand(len(cols), *x0.shape[1:])
+        x_t = schedule.q_sample(x_start, cols, noise=noise[cols])     # x_t ~ q(x_t | x_0), Eq. (4)
+        pending.append((torch.full((len(cols),), n), cols, x_start, x_t))
+        count += len(cols)
+        while count >= batch_size or (n == N - 1 and count > 0):
+            rows, t, xs, xt = (torch.cat(parts) for parts in zip(*pending))
+            take = min(batch_size, count)
+            terms[rows[:take], t[:take]] = _terms(network, schedule, log_var, t[:take], xs[:take], xt[:take])
+            if bar is not None:
+                bar.update(take)
+            pending = [(rows[take:], t[take:], xs[take:], xt[take:])] if take < count else []
+            count -= take
+
+
 @torch.no_grad()
 def variational_bound(
     model: nn.Module,
@@ -232,7 +293,7 @@ def variational_bound(
     t_offsets: torch.Tensor | None = None,
     batch_size: int = 500,
     device: torch.device | str | None = None,
-    channels_last: bool | None = None,
+    numerics: Numerics | None = None,
     progress: bool = False,
 ) -> VariationalBound:
     """Every term of the bound of Eq. (5) for each image of ``x0`` (Ho et al. 2020, sections 3.2-3.3).
@@ -254,24 +315,12 @@ def variational_bound(
     images in order) whatever ``t_stride`` is, so a column's x_t does not depend on
     which other columns are evaluated. ``t_stride`` and ``t_offsets`` (one offset in
     [0, t_stride) per image; drawn from ``seed + 1`` if not given): see the module
-    docstring. ``channels_last``: the network's memory format (None: the faster,
-    measured and cached by :mod:`ddpm_lib.numerics`); the arithmetic is always float32
+    docstring. ``numerics``: the network's memory format (default contiguous; the faster one
+    for a machine comes from :func:`ddpm_lib.numerics.choose_numerics` with ``precision="fp32"``);
+    the arithmetic is always float32, and a bf16 ``numerics`` is an error
     (why: see the module docstring).
     """
-    if variance not in VLB_VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}: expected one of {', '.join(VLB_VARIANCES)}")
-    if not isinstance(t_stride, int) or isinstance(t_stride, bool) or t_stride < 1:
-        raise ValueError(f"t_stride must be a positive integer, got {t_stride!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    _check_data(x0)
-    cfg = getattr(model, "config", None)
-    if cfg is not None and cfg.num_timesteps != schedule.T:
-        raise ValueError(f"the model was built for T={cfg.num_timesteps} timesteps but the schedule has "
-                         f"T={schedule.T}; use the schedule the model was trained with (load_checkpoint returns it)")
-    if cfg is not None and tuple(x0.shape[1:]) != (cfg.image_channels, cfg.image_size, cfg.image_size):
-        raise ValueError(f"the model takes images of shape {(cfg.image_channels, cfg.image_size, cfg.image_size)}, "
-                         f"got x0 of shape {tuple(x0.shape)}")
+    _check_arguments(model, schedule, x0, variance, t_stride, batch_size, numerics)
     N, T = len(x0), schedule.T
     if t_offsets is None:
         t_offsets = torch.randint(0, t_stride, (N,), generator=torch.Generator().manual_seed(seed + 1))
@@ -283,30 +332,14 @@ def variational_bound(
         params = next(iter(model.parameters()), None)
         device = params.device if params is not None else torch.device("cpu")
     device = torch.device(device)
-    numerics = choose_numerics(model, device=device, purpose="sample", batch_size=min(batch_size, N * T),
-                               precision="fp32", channels_last=channels_last, image_shape=tuple(x0.shape[1:]))
+    numerics = numerics if numerics is not None else Numerics()
     log_var = reverse_log_variance(schedule, variance)
     x0 = ((x0.detach().cpu().double() + 1.0) * 127.5).round() / 127.5 - 1.0    # exactly on the 8-bit grid, float64
     terms = torch.full((N, T), math.nan, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
 
-    def columns(n: int) -> torch.Tensor:
-        kl_cols = torch.arange(1 + int(t_offsets[n]), T, t_stride)
-        return torch.cat([torch.zeros(1, dtype=torch.long), kl_cols])
-
-    def evaluate(rows: torch.Tensor, t: torch.Tensor, x_start: torch.Tensor, x_t: torch.Tensor) -> None:
-        mean = p_mean(network, schedule, x_t, t)                             # mu_theta(x_t, t), Eq. (11), float64
-        lv = log_var[t].reshape(-1, *([1] * (x_t.dim() - 1)))
-        out = torch.empty(len(t), dtype=torch.float64)
-        dec = t == 0
-        if bool(dec.any()):                                                  # L_0, section 3.3
-            ll = discretized_gaussian_log_likelihood(x_start[dec], mean[dec], 0.5 * lv[dec])
-            out[dec] = -ll.flatten(1).sum(1)
-        kl = ~dec
-        if bool(kl.any()):                                                   # L_{t-1}, Eq. (5)
-            mu_tilde, var_tilde = schedule.q_posterior(x_start[kl], x_t[kl], t[kl])
-            out[kl] = normal_kl(mu_tilde, torch.log(var_tilde), mean[kl], lv[kl]).flatten(1).sum(1)
-        terms[rows, t] = out
+    def columns(n: int) -> torch.Tensor:    # the timestep indices evaluated for image n: 0, then every t_stride-th
+        return torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(1 + int(t_offsets[n]), T, t_stride)])
 
     bar = None
     if progress:
@@ -318,23 +351,7 @@ def variational_bound(
     try:
         with numerics.applied_to(model):
             network = _Float32Network(as_eps_model(model, schedule), numerics.memory_format, device)
-            pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-            count = 0
-            for n in range(N):
-                noise = torch.randn((T, *x0.shape[1:]), generator=generator, dtype=torch.float64)
-                cols = columns(n)
-                x_start = x0[n].expand(len(cols), *x0.shape[1:])
-                x_t = schedule.q_sample(x_start, cols, noise=noise[cols])     # x_t ~ q(x_t | x_0), Eq. (4)
-                pending.append((torch.full((len(cols),), n), cols, x_start, x_t))
-                count += len(cols)
-                while count >= batch_size or (n == N - 1 and count > 0):
-                    rows, t, xs, xt = (torch.cat(parts) for parts in zip(*pending))
-                    take = min(batch_size, count)
-                    evaluate(rows[:take], t[:take], xs[:take], xt[:take])
-                    if bar is not None:
-                        bar.update(take)
-                    pending = [(rows[take:], t[take:], xs[take:], xt[take:])] if take < count else []
-                    count -= take
+            _fill_terms(terms, network, schedule, log_var, x0, columns, generator, batch_size, bar)
     finally:
         model.train(was_training)
         if bar is not None:

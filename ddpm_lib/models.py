@@ -5,7 +5,8 @@ Two models, both called as ``model(x, t)`` with images ``x`` of shape
 both returning a tensor shaped like ``x``: the predicted noise eps (or, with
 ``ModelConfig.prediction``, the clean image x0 or v; the samplers convert).
 
-* :class:`SimpleUNet` -- the origin project's design, kept as an exhibit: the
+* :class:`SimpleUNet` -- the design of the small CPU MNIST DDPM this book grew from
+  (chapter 10 calls it "the origin"), kept as an exhibit: the
   sinusoidal time embedding is added *once*, to the first feature map, with no
   MLP; BatchNorm; no attention.
 * :class:`UNet` -- the standard DDPM design: sinusoidal embedding followed by an
@@ -60,7 +61,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
 class ModelConfig(JSONConfig):
     """Everything needed to rebuild a model; stored inside every checkpoint."""
 
-    arch: str = "unet"               # "unet" (standard DDPM) or "simple" (the origin's design)
+    arch: str = "unet"               # "unet" (standard DDPM) or "simple" (SimpleUNet)
     image_channels: int = 1
     image_size: int = 28
     base_channels: int = 32
@@ -74,8 +75,8 @@ class ModelConfig(JSONConfig):
                                       # num_classes = "no label", for classifier-free guidance); 0: unconditional
     prediction: str = "eps"           # the network's output: the noise eps, the clean image x0, or v (Salimans &
                                       # Ho 2022); samplers convert it to eps (DiffusionSchedule.eps_from_prediction)
-    time_embedding: str = "every_block"  # UNet only: "every_block" (DDPM) or "input" (added once, as the origin did)
-    norm: str = "group"               # UNet only: "group" (GroupNorm, DDPM) or "batch" (BatchNorm, as the origin)
+    time_embedding: str = "every_block"  # UNet only: "every_block" (DDPM) or "input" (added once, as SimpleUNet does)
+    norm: str = "group"               # UNet only: "group" (GroupNorm, DDPM) or "batch" (BatchNorm, as SimpleUNet)
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -88,6 +89,11 @@ class ModelConfig(JSONConfig):
             raise ValueError(f"num_classes must be at least 0 (0: unconditional), got {self.num_classes}")
         if self.num_classes and self.arch != "unet":
             raise ValueError(f"class conditioning (num_classes={self.num_classes}) needs arch 'unet', got {self.arch!r}")
+        groups = self.norm_groups if self.arch == "unet" and self.norm == "group" else 2
+        if self.base_channels < 2 or self.base_channels % groups:
+            why = (f"each GroupNorm has {groups} groups" if groups != 2 else
+                   "the sinusoidal time embedding has as many dimensions, in sine-cosine pairs")
+            raise ValueError(f"base_channels must be a positive multiple of {groups} ({why}), got {self.base_channels}")
         down = 2 ** (len(self.channel_mults) - 1)
         if self.image_size % down:
             raise ValueError(
@@ -138,7 +144,7 @@ class _Base(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# The origin's simple UNet
+# SimpleUNet: time added once, BatchNorm
 # ---------------------------------------------------------------------------
 class _ConvBNBlock(nn.Sequential):
     def __init__(self, cin: int, cout: int):
@@ -149,7 +155,7 @@ class _ConvBNBlock(nn.Sequential):
 
 
 class SimpleUNet(_Base):
-    """The origin project's UNet: time enters once, at the input.
+    """A simpler UNet: time enters once, at the input (the first design this book grew from).
 
     conv_in -> (+ sinusoidal embedding of t, broadcast over pixels) -> a plain
     conv/BatchNorm/ReLU encoder-decoder with skip connections. There is no MLP
@@ -198,7 +204,7 @@ class SimpleUNet(_Base):
 # The standard DDPM UNet
 # ---------------------------------------------------------------------------
 def _norm(kind: str, groups: int, channels: int) -> nn.Module:
-    """GroupNorm (the DDPM UNet's) or BatchNorm (the origin's, kept for the ablation)."""
+    """GroupNorm (the DDPM UNet's) or BatchNorm (SimpleUNet's, kept for the ablation)."""
     return nn.GroupNorm(groups, channels) if kind == "group" else nn.BatchNorm2d(channels)
 
 
@@ -320,7 +326,7 @@ class UNet(_Base):
                 y = torch.full_like(t, c.num_classes)
             temb = temb + self.class_emb(y.to(t.device)).to(temb.dtype)
         h = self.conv_in(x)
-        if self.temb_in is not None:      # time at the input only: added once, like the origin's network
+        if self.temb_in is not None:      # time at the input only: added once, like SimpleUNet
             h = h + self.temb_in(F.silu(temb))[:, :, None, None]
         skips = [h]
         blocks = iter(self.down_blocks)

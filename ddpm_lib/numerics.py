@@ -12,16 +12,19 @@ differs from machine to machine:
 * **memory format**: contiguous (NCHW) or ``channels_last`` (NHWC). On AVX2
   CPUs fp32 channels_last is the fastest variant; elsewhere it may not be.
 
-So ``"auto"``, the default of every library call, preset and command, does not
-assume: :func:`choose_numerics` times the candidates on the actual model, at
+A :class:`Numerics` names one pair. The library's functions take one as an
+argument and default to ``Numerics()``, fp32 and contiguous: the arithmetic the
+equations describe, the same on every machine. The edges choose the fast pair:
+every command (``--precision auto``, the default), every preset (``precision="auto"``)
+and each chapter's setup cell call :func:`choose_numerics` once and pass its answer
+on. It does not assume: it times the candidates on the actual model, at
 the actual batch size, on the actual device (a probe of a few seconds), keeps
 the fastest, and caches the answer per machine, torch version, device, model
 config, purpose (training or sampling) and batch size in
 ``$DDPM_CACHE_DIR/numerics.json`` (default ``~/.cache/ddpm_lib``);
 :func:`clear_cache` (``python -m ddpm_lib info --clear-numerics-cache``) forgets
 it. Candidates that cannot win are not timed: bf16 on a CPU without native bf16
-support (a feature check; ``tests/test_numerics.py`` shows that the probe agrees
-with it, under the AVX2 cap below). ``python -m ddpm_lib info`` prints what was
+support (a feature check, :func:`ddpm_lib.machine.bf16_native`). ``python -m ddpm_lib info`` prints what was
 chosen and the probe's figures.
 
 Any machine can be made to behave like an AVX2-only CPU by capping oneDNN and
@@ -36,12 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import inspect
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,9 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._io import atomic_write_bytes
+from .machine import bf16_native, cpu_name, isa_cap, machine_key, sync
+from .optim import train_step
+
 PRECISIONS = ("auto", "fp32", "bf16")
 PURPOSES = ("train", "sample")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 _CACHE_VERSION = 1
 
 
@@ -109,103 +113,6 @@ def variant_name(precision: str, channels_last: bool) -> str:
     return f"{precision} {'channels_last' if channels_last else 'contiguous'}"
 
 
-# --------------------------------------------------------------------------- devices
-
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` (or None): the best device present, CUDA, then Apple's MPS, then the CPU.
-
-    Any other name is checked: asking for a device this machine lacks raises a
-    ``ValueError`` that says what to do.
-    """
-    if name is None or str(name) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise ValueError(f"{name!r} is not a device name ({e}); use one of {', '.join(DEVICES)}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: this machine has no CUDA GPU that torch can use; use auto or cpu")
-    if device.type == "mps" and not _mps_available():
-        raise ValueError(f"device {name!r}: this machine has no Apple GPU (MPS) that torch can use; use auto or cpu")
-    return device
-
-
-def _mps_available() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    return bool(mps is not None and mps.is_available())
-
-
-def _sync(device: torch.device) -> None:
-    """GPU work is asynchronous: wait for it before reading the clock."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-# --------------------------------------------------------------------------- the feature check
-
-def isa_cap() -> dict:
-    """The instruction-set caps in force for oneDNN and ATen (empty where none is set)."""
-    return {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA")
-            if os.environ.get(k)}
-
-
-def bf16_native(device: torch.device | str = "cpu") -> bool:
-    """Whether ``device`` can run bf16 fast enough to be worth timing.
-
-    On a CPU this is oneDNN's own answer, which honours ``ONEDNN_MAX_CPU_ISA``:
-    False on AVX2-only CPUs (and under the AVX2 cap), where bf16 would be
-    emulated, about ten times slower than fp32. True does not mean bf16 wins;
-    the probe decides that.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "mps":
-        return True        # the probe decides whether it pays
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-@functools.cache
-def _cpuinfo(prefixes: tuple[str, ...]) -> str | None:
-    """The value of the first /proc/cpuinfo line that starts with one of ``prefixes`` (read once per process)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(prefixes):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_flags() -> set[str]:
-    return set((_cpuinfo(("flags", "Features")) or "").split())
-
-
-def cpu_name() -> str:
-    return _cpuinfo(("model name",)) or platform.processor() or platform.machine()
-
-
-def machine_key(device: torch.device) -> dict:
-    """What identifies this machine for the cache: a decision is valid only where all of it matches."""
-    key = {"torch": torch.__version__, "device": device.type}
-    if device.type == "cuda":
-        key["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        key.update(cpu=cpu_name(), machine=platform.machine(), threads=torch.get_num_threads(),
-                   capability=torch.backends.cpu.get_cpu_capability(), cap=isa_cap(),
-                   flags=hashlib.sha256(" ".join(sorted(_cpu_flags())).encode()).hexdigest()[:12])
-    return key
-
-
 # --------------------------------------------------------------------------- the probe
 
 def _model_signature(model: nn.Module) -> dict:
@@ -232,7 +139,8 @@ def _num_timesteps(model: nn.Module) -> int:
 
 def _step_fn(model: nn.Module, numerics: Numerics, device: torch.device, purpose: str, batch_size: int,
              image_shape: tuple):
-    """One unit of work as training or sampling does it: a train step (forward, MSE, backward, Adam) or a forward."""
+    """One unit of work as training or sampling does it: :func:`ddpm_lib.optim.train_step` (forward, an MSE,
+    backward, Adam) or a forward pass."""
     model = copy.deepcopy(model).to(device=device, memory_format=numerics.memory_format)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((batch_size, *image_shape), generator=gen).to(device).contiguous(memory_format=numerics.memory_format)
@@ -251,18 +159,15 @@ def _step_fn(model: nn.Module, numerics: Numerics, device: torch.device, purpose
     with torch.no_grad():
         target = torch.randn_like(model(*inputs).float())      # same shape and memory format as the output
 
-    def step():
-        with numerics.autocast(device):
-            loss = F.mse_loss(model(*inputs).float(), target)   # L_simple's regression, whatever the output
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
+    def regression(net, x0, t, noise, y):   # L_simple's regression, for a noise predictor or any other network
+        return F.mse_loss(net(*inputs).float(), target)
+
+    return lambda: train_step(model, regression, optimizer, x, inputs[-1], target, numerics=numerics)
 
 
 def probe(model: nn.Module, candidates: list[Numerics], *, device: torch.device | str = "cpu",
           purpose: str = "sample", batch_size: int = 64, image_shape: tuple | None = None,
-          seconds: float = 0.4, rounds: int = 3) -> dict[str, float]:
+          seconds: float = 0.4, rounds: int = 3, clock=time.perf_counter) -> dict[str, float]:
     """Items per second of each candidate on a copy of ``model``, measured in interleaved rounds.
 
     Each candidate is warmed up once; then every round times one call of each
@@ -270,9 +175,13 @@ def probe(model: nn.Module, candidates: list[Numerics], *, device: torch.device 
     candidate. A candidate's rate is ``batch_size`` over its fastest call:
     interleaving exposes all candidates to the same background load, and the
     minimum is the estimate that such load disturbs least. A candidate at less
-    than half the best rate after a round is dropped from later rounds (it
-    cannot win); one that fails (an op without bf16 support on this device, or a
+    than half the best rate after two rounds (a fifth after one) is dropped from
+    later rounds (it cannot win); one that fails (an op without bf16 support on this device, or a
     model that refuses the probe's stand-in inputs) is left out of the answer.
+
+    ``clock`` (seconds, like :func:`time.perf_counter`, the default) is what the
+    calls are timed with; the tests pass a fake one, so that they check the
+    probe's decisions without depending on how fast or busy the machine is.
     """
     device = torch.device(device)
     shape = _input_shape(model, image_shape)
@@ -284,28 +193,32 @@ def probe(model: nn.Module, candidates: list[Numerics], *, device: torch.device 
         for cand in candidates:
             try:
                 step = _step_fn(model, cand, device, purpose, batch_size, shape)
-                best_call[cand.name] = _timed(step, device)      # warm-up: kernel selection, allocations
+                best_call[cand.name] = _timed(step, device, clock)   # warm-up: kernel selection, allocations
                 steps[cand.name] = step
             except Exception:  # noqa: BLE001 - an op this variant lacks here, or inputs this model refuses
                 continue
         spent, done = 0.0, 0
         while steps and (done < rounds or spent < seconds * len(steps)):
             for name, step in list(steps.items()):
-                call = _timed(step, device)
+                call = _timed(step, device, clock)
                 spent += call
                 best_call[name] = min(best_call[name], call)
             done += 1
             fastest = min(best_call[n] for n in steps)
-            for name in [n for n in steps if best_call[n] > 2 * fastest]:
-                del steps[name]                                 # hopeless: stop spending time on it
+            # hopeless: stop spending time on it (after one round only when far behind: one call can meet a
+            # burst of load)
+            limit = (2 if done >= 2 else 5) * fastest
+            for name in [n for n in steps if best_call[n] > limit]:
+                del steps[name]
     return {name: batch_size / call for name, call in best_call.items()}
 
 
-def _timed(step, device: torch.device) -> float:
-    t0 = time.perf_counter()
+def _timed(step, device: torch.device, clock=time.perf_counter) -> float:
+    """Seconds ``clock`` says one call of ``step`` took, the device's queued work included."""
+    t0 = clock()
     step()
-    _sync(device)
-    return time.perf_counter() - t0
+    sync(device)
+    return clock() - t0
 
 
 # --------------------------------------------------------------------------- the cache
@@ -328,12 +241,15 @@ def _read_cache() -> dict:
         data = json.loads(cache_path().read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) and data.get("version") == _CACHE_VERSION else {}
+    if not (isinstance(data, dict) and data.get("version") == _CACHE_VERSION and isinstance(data.get("entries"), dict)):
+        return {}
+    # a file edited by hand, or written by another program, is treated as no cache at all, never as an error
+    good = {k: v for k, v in data["entries"].items() if isinstance(v, dict) and v.get("precision") in ("fp32", "bf16")
+            and isinstance(v.get("channels_last"), bool) and isinstance(v.get("rates", {}), dict)}
+    return {"version": _CACHE_VERSION, "entries": good}
 
 
 def _write_cache(entries: dict) -> None:
-    from .checkpoint import atomic_write_bytes
-
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(cache_path(), json.dumps({"version": _CACHE_VERSION, "entries": entries},
@@ -430,4 +346,3 @@ def summary(device: torch.device | str = "cpu") -> dict:
     out["bf16_native"] = bf16_native(device)
     out["cache"] = str(cache_path())
     return out
-

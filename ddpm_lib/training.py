@@ -5,15 +5,16 @@
         gradient step on || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
     until converged
 
-:func:`train` wraps that loop with what a real run needs: an exponential moving
-average (EMA) of the weights (the paper samples with EMA weights, decay 0.9999
-over 800k steps; we use 0.999 for runs of a few thousand steps), learning-rate
-warm-up (and an optional cool-down at the end of a timed run), gradient
-clipping, the numerics this machine runs fastest (fp32 or bf16 autocast,
-contiguous or channels_last: :mod:`ddpm_lib.numerics`), periodic atomic
-checkpoints, exact resume, a
-clean stop on Ctrl-C or SIGTERM, and a hard stop with a clear message when the
-loss becomes NaN or infinite.
+:func:`train` is that loop: it draws the batch, takes one step with
+:func:`ddpm_lib.optim.train_step` on the loss of :mod:`ddpm_lib.losses`, and
+updates the exponential moving average of the weights (:mod:`ddpm_lib.ema`; the
+paper samples with EMA weights, decay 0.9999 over 800k steps; we use 0.999 for
+runs of a few thousand steps). Around it, what a real run needs: learning-rate
+warm-up and cool-down (:class:`ddpm_lib.presets.TrainConfig`), gradient clipping,
+the numerics this machine runs fastest (:mod:`ddpm_lib.numerics`), periodic
+atomic checkpoints (:mod:`ddpm_lib.checkpoint`), exact resume, a clean stop on
+Ctrl-C or SIGTERM, and a hard stop with a clear message when the loss becomes
+NaN or infinite.
 
 Exact resume: every random draw of the loop (the data order, t and eps) comes
 from seeded generators whose state is saved with the weights, so a run that is
@@ -25,157 +26,30 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .checkpoint import (CheckpointError, forward_process_from_dict, read_tensors, save_checkpoint, save_tensors,
-                         schedule_to_dict)
-from .cold import BlurDegradation, cold_loss
+from ._io import RunLock, stale_temporaries
+from .checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, check_run_folder, read_train_state,
+                         save_checkpoint, save_train_state, schedule_to_dict)
+from .ema import batchnorm_layers, ema_decay_at, ema_update, recalibrate_batchnorm
+from .losses import make_loss
 from .models import ModelConfig, build_model
-from .numerics import PRECISIONS, Numerics, choose_numerics
+from .numerics import Numerics, choose_numerics
+from .optim import train_step
+from .presets import TrainConfig
 from .schedule import DiffusionSchedule
 
-STATE_FILE = "train_state.safetensors"
-MODEL_FILE = "model.safetensors"
-
-
-@dataclass
-class TrainConfig:
-    """Hyper-parameters of a training run (stored in every training state)."""
-
-    steps: int = 20_000              # optimizer steps to run (the run also stops at max_minutes)
-    batch_size: int = 128
-    lr: float = 1e-3
-    warmup_steps: int = 500          # linear LR warm-up, then constant
-    ema_decay: float = 0.999          # reached after a warm-up, see ema_decay_at
-    grad_clip: float = 1.0
-    seed: int = 0
-    precision: str = "auto"          # "auto" (measured, see ddpm_lib.numerics), "fp32" or "bf16" autocast
-    channels_last: bool | None = None  # None: auto (measured); True/False: forced
-    checkpoint_every: int = 500      # steps between training-state checkpoints
-    log_every: int = 50              # steps between entries of the loss history
-    max_minutes: float | None = None  # stop after this much cumulative training time
-    snapshot_minutes: tuple = ()     # export the EMA model when cumulative time passes these marks
-    snapshot_steps: tuple = ()       # ... and after these optimizer steps (the same on every machine)
-    cooldown_minutes: float = 0.0    # LR falls linearly to 0 over the last minutes of max_minutes
-    cooldown_steps: int = 0          # ... or over the last steps of ``steps`` (a run defined in steps)
-    min_snr_gamma: float = 0.0       # 0: L_simple; > 0: Min-SNR-gamma weights, see diffusion_loss
-    accum_steps: int = 1             # split each process's share of a batch into this many accumulated parts
-    p_uncond: float = 0.1            # class-conditional models only: probability that a label is replaced by
-                                     # the null label (classifier-free guidance, Ho & Salimans 2022)
-
-    def __post_init__(self):
-        self.snapshot_minutes = tuple(float(m) for m in self.snapshot_minutes)
-        self.snapshot_steps = tuple(int(s) for s in self.snapshot_steps)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "accum_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a number above 0 (e.g. 1e-3), got {self.lr}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise ValueError(f"grad_clip must be at least 0 (0 turns clipping off), got {self.grad_clip}")
-        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
-            raise ValueError(f"max_minutes must be above 0 (or unset: no time limit), got {self.max_minutes}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.p_uncond <= 1.0:
-            raise ValueError(f"p_uncond must be in [0, 1], got {self.p_uncond}")
-        if self.min_snr_gamma < 0:
-            raise ValueError(f"min_snr_gamma must be at least 0 (0 turns the weighting off), got {self.min_snr_gamma}")
-        if self.cooldown_minutes < 0:
-            raise ValueError(f"cooldown_minutes must be at least 0, got {self.cooldown_minutes}")
-        if not 0 <= self.cooldown_steps <= self.steps:
-            raise ValueError(f"cooldown_steps must be between 0 and steps ({self.steps}), got {self.cooldown_steps}")
-        if self.cooldown_steps and self.cooldown_minutes:
-            raise ValueError("set cooldown_steps or cooldown_minutes, not both: the LR ends at 0 once")
-        if self.cooldown_minutes and (self.max_minutes is None or self.cooldown_minutes > self.max_minutes):
-            raise ValueError(
-                f"cooldown_minutes={self.cooldown_minutes} needs a time budget at least as long: set max_minutes "
-                f"(now {self.max_minutes}) to the length of the run, or cooldown_minutes to 0"
-            )
-
-    def micro_batch(self, world_size: int = 1) -> int:
-        """Images one process takes per accumulated part of a step: the batch over processes x ``accum_steps``."""
-        parts = world_size * self.accum_steps
-        if self.batch_size % parts:
-            raise ValueError(f"batch_size {self.batch_size} must divide into {world_size} processes x accum_steps "
-                             f"{self.accum_steps} equal parts: use a multiple of {parts}")
-        return self.batch_size // parts
-
-    def lr_at(self, step: int, seconds: float) -> float:
-        """Learning rate of optimizer step ``step`` (0-based) after ``seconds`` of training.
-
-        Linear warm-up over ``warmup_steps``, then constant; with ``cooldown_minutes``,
-        a linear decay to zero over the last ``cooldown_minutes`` of ``max_minutes``;
-        with ``cooldown_steps``, over the last ``cooldown_steps`` of ``steps`` (the last
-        step runs at lr / cooldown_steps). The decay is measured like the budget it ends,
-        so a run stopped before the cool-down (a snapshot, or a shorter budget) is the
-        same run up to there.
-        """
-        factor = min(1.0, (step + 1) / max(1, self.warmup_steps))
-        if self.cooldown_steps:
-            factor *= min(1.0, (self.steps - step) / self.cooldown_steps)
-        if self.cooldown_minutes:
-            factor *= min(1.0, max(0.0, (60 * self.max_minutes - seconds) / (60 * self.cooldown_minutes)))
-        return self.lr * factor
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        if "bf16" in d and "precision" not in d:     # written before precision was chosen by measurement
-            d["precision"] = "bf16" if d["bf16"] else "fp32"
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def diffusion_loss(
-    model: nn.Module,
-    schedule: DiffusionSchedule,
-    x0: torch.Tensor,
-    t: torch.Tensor,
-    noise: torch.Tensor,
-    min_snr_gamma: float = 0.0,
-    y: torch.Tensor | None = None,
-    prediction: str = "eps",
-) -> torch.Tensor:
-    """L_simple (Eq. 14): mean squared error between eps and eps_theta(x_t, t).
-
-    ``prediction``: what the network outputs (:attr:`ModelConfig.prediction`);
-    ``"x0"`` or ``"v"`` regress that instead of eps, unweighted
-    (:meth:`DiffusionSchedule.prediction_target`).
-
-    ``y``: class labels for a class-conditional model, eps_theta(x_t, t, y) (the
-    null label where it was dropped, see :func:`drop_labels`).
-
-    With ``min_snr_gamma`` = gamma > 0, each sample's error is weighted by
-    min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et al. 2023, for the
-    eps-parameterisation): timesteps with little noise (SNR_t > gamma) count
-    less, the rest count as in L_simple.
-    """
-    x_t = schedule.q_sample(x0, t, noise)  # Eq. 4, reparameterised
-    out = model(x_t, t) if y is None else model(x_t, t, y)
-    target = schedule.prediction_target(x0, noise, t, prediction)   # eps for L_simple
-    if not min_snr_gamma:
-        return F.mse_loss(out.float(), target)
-    if prediction != "eps":
-        raise ValueError(f"min_snr_gamma weights are defined here for eps-prediction, not {prediction!r}")
-    per_sample = (out.float() - target).pow(2).flatten(1).mean(1)
-    weight = schedule.snr.clamp(max=min_snr_gamma) / schedule.snr  # float64 on the CPU, like the schedule
-    return (per_sample * weight.to(device=x0.device, dtype=per_sample.dtype)[t]).mean()
+#: the clock the loop reads for its time budget (tests replace it with a fake one)
+clock = time.perf_counter
 
 
 def drop_labels(y: torch.Tensor, num_classes: int, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
@@ -187,68 +61,6 @@ def drop_labels(y: torch.Tensor, num_classes: int, p_uncond: float, generator: t
     """
     drop = torch.rand(y.shape, generator=generator) < p_uncond
     return torch.where(drop, torch.full_like(y, num_classes), y)
-
-
-def ema_decay_at(step: int, decay: float) -> float:
-    """EMA decay with warm-up: min(decay, (1 + step) / (10 + step)).
-
-    Early in training the average would otherwise be dominated by the random
-    initial weights (0.999^1000 is still 37%); the warm-up makes the EMA track
-    the weights closely at first and average over ~1/(1-decay) steps later.
-    """
-    return min(decay, (1.0 + step) / (10.0 + step))
-
-
-@torch.no_grad()
-def ema_update(ema_model: nn.Module, model: nn.Module, decay: float) -> None:
-    """theta_ema <- decay * theta_ema + (1 - decay) * theta; buffers (BatchNorm statistics) are copied."""
-    torch._foreach_lerp_(list(ema_model.parameters()), list(model.parameters()), 1.0 - decay)  # one fused update
-    for e, b in zip(ema_model.buffers(), model.buffers()):
-        e.copy_(b)
-
-
-def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
-    """The BatchNorm layers of ``model`` (any dimension), the layers whose running statistics sampling uses."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, schedule: DiffusionSchedule, data: torch.Tensor, batches: int = 50,
-                          batch_size: int = 64, seed: int = 0) -> int:
-    """Recompute the running statistics of every BatchNorm layer of ``model`` for its own weights.
-
-    :func:`ema_update` averages the weights but copies the BatchNorm statistics from the
-    raw model: the EMA network then normalises with means and variances that its own
-    layers do not produce ("precise BN", Wu & Johnson 2021). This runs ``batches``
-    forward passes in train mode on inputs drawn as in training, x_t = q_sample(x_0, t, eps)
-    with t ~ U{0..T-1} (for cold diffusion, D(x_0, t)), and sets each layer's statistics to
-    their plain average over those batches (momentum ``None``). :func:`train` does this
-    for every model it exports. Returns the number of BatchNorm layers (0: nothing to do,
-    the model is unchanged).
-    """
-    norms = batchnorm_layers(model)
-    if not norms:
-        return 0
-    was_training, momenta = model.training, [m.momentum for m in norms]
-    g = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None                       # a cumulative average over the batches below
-        model.train()
-        for _ in range(batches):
-            x0 = data[torch.randint(0, len(data), (batch_size,), generator=g)]
-            t = torch.randint(0, schedule.T, (batch_size,), generator=g)
-            noise = torch.randn(x0.shape, generator=g)
-            # DDPM: x_t = q_sample(x_0, t, eps); cold diffusion: the degraded D(x_0, t)
-            x_t = schedule.degrade(x0, t) if isinstance(schedule, BlurDegradation) else schedule.q_sample(x0, t, noise)
-            model(x_t.to(device), t.to(device))
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-    return len(norms)
 
 
 @dataclass
@@ -297,35 +109,11 @@ def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _save_state(path: Path, model, ema_model, optimizer, generator, step, seconds, history,
-                model_config, schedule, config) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema_model.state_dict().items()})
-    opt = optimizer.state_dict()
-    for idx, state in opt["state"].items():
-        for name, value in state.items():
-            tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value)
-    tensors["rng.generator"] = generator.get_state()
-    tensors["rng.torch"] = torch.get_rng_state()
-    metadata = {
-        "kind": "train_state",
-        "model_config": model_config.to_dict(),
-        "schedule": schedule_to_dict(schedule),
-        "train_config": asdict(config),
-        "param_groups": opt["param_groups"],
-        "step": step,
-        "seconds": seconds,
-        "history": history,
-    }
-    save_tensors(path, tensors, metadata)
-
-
 # How long a run lasts, how it ends (the LR cool-down), how often it saves and how the arithmetic is
 # done (numerics, gradient accumulation, the number of processes: a run may move to another machine)
 # may change between resumes, so a finished run can be extended; the rest of the recipe may not.
 _RUN_LENGTH_FIELDS = ("steps", "max_minutes", "cooldown_minutes", "cooldown_steps", "snapshot_minutes",
-                      "snapshot_steps",
-                      "checkpoint_every", "log_every", "precision", "channels_last", "accum_steps")
+                      "snapshot_steps", "checkpoint_every", "log_every", "precision", "channels_last", "accum_steps")
 
 
 def _recipe(config: TrainConfig) -> dict:
@@ -333,121 +121,92 @@ def _recipe(config: TrainConfig) -> dict:
     return {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in _RUN_LENGTH_FIELDS}
 
 
-def _load_state(path: Path, model, ema_model, optimizer, generator, model_config, schedule, config):
-    tensors, meta = read_tensors(path)
-    if meta.get("kind") != "train_state":
-        raise CheckpointError(f"{path} is not a training state (kind={meta.get('kind')!r})")
-    same = (
-        # via from_dict, so a state written before a model field existed reads as that field's default
-        ModelConfig.from_dict(meta["model_config"]) == model_config
-        and meta["schedule"] == schedule_to_dict(schedule)
-        # via from_dict, so a state written before a recipe field existed reads as that field's default
-        and _recipe(TrainConfig.from_dict(meta["train_config"])) == _recipe(config)
-    )
-    if not same:
-        raise CheckpointError(
-            f"{path} belongs to a run with a different model, schedule or recipe; resume it with the same "
-            "options, or start fresh in another folder (or pass resume=False / --no-resume to overwrite it)"
-        )
-    def part(prefix):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    model.load_state_dict(part("model."))
-    ema_model.load_state_dict(part("ema."))
-    opt_state: dict = {}
-    for k, v in part("optim.").items():
-        idx, name = k.split(".", 1)
-        opt_state.setdefault(int(idx), {})[name] = v
-    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
-    generator.set_state(tensors["rng.generator"])
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta["step"], meta["seconds"], meta["history"]
-
-
-def load_train_state_model(path: str | Path, ema: bool = True) -> tuple[nn.Module, DiffusionSchedule, dict]:
-    """Rebuild the (EMA) model stored in a training state; returns ``(model, schedule, metadata)``."""
-    tensors, meta = read_tensors(path)
-    if meta.get("kind") != "train_state":
-        raise CheckpointError(f"{path} is not a training state (kind={meta.get('kind')!r})")
-    model = build_model(ModelConfig.from_dict(meta["model_config"]))
-    prefix = "ema." if ema else "model."
-    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return model.eval(), forward_process_from_dict(meta["schedule"]), meta
-
-
-def train(
-    model_config: ModelConfig,
-    schedule: DiffusionSchedule,
-    config: TrainConfig,
-    data: torch.Tensor,
-    out_dir: str | Path | None = None,
-    resume: bool = True,
-    labels: torch.Tensor | None = None,
-    progress: bool = True,
-    callback: Callable[[int, float, "TrainResult"], None] | None = None,
-    device: torch.device | str | None = None,
-    dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S,
-) -> TrainResult:
-    """Run Algorithm 1 on ``data`` (float images (N, C, H, W) in [-1, 1]).
-
-    ``schedule`` is the forward process: a :class:`DiffusionSchedule` (the loss is
-    :func:`diffusion_loss`, regressing what ``model_config.prediction`` names), or a
-    :class:`ddpm_lib.cold.BlurDegradation` for cold diffusion (the loss is
-    :func:`ddpm_lib.cold.cold_loss`; the network must predict x0).
-
-    With ``out_dir``, a training state is saved there every
-    ``config.checkpoint_every`` steps and at the end, and the EMA model is
-    exported to ``out_dir/model.safetensors``; if a state is already there and
-    ``resume`` is true, training continues from it. ``callback(step, loss,
-    result)`` is called at every history entry (for live plots).
-
-    ``device`` (default the CPU) is where the network runs, e.g. ``"cuda"``.
-    The random draws (data order, t, eps) always come from the seeded CPU
-    generator and are then moved, so a run draws the same batches, t and
-    noise on every device; only the arithmetic differs (and dropout, which
-    draws from the device's own generator).
-
-    Started by torchrun with several processes, each process trains a replica
-    on its slice of every batch (:mod:`ddpm_lib.distributed`); the batch of a
-    step stays ``config.batch_size`` images whatever the number of processes,
-    and ``config.accum_steps`` splits each slice further (gradient
-    accumulation). Rank 0 alone writes files and shows progress; a stop
-    (Ctrl-C, SIGTERM, the time budget) on any rank stops every rank at the same
-    step; ``dist_timeout_s`` bounds how long a rank waits for a dead one.
-    """
-    if data.dim() != 4 or data.shape[1:] != (model_config.image_channels, model_config.image_size, model_config.image_size):
-        raise ValueError(
-            f"training data must have shape (N, {model_config.image_channels}, {model_config.image_size}, "
-            f"{model_config.image_size}), got {tuple(data.shape)}"
-        )
+def _check_inputs(model_config: ModelConfig, schedule, config: TrainConfig, data: torch.Tensor,
+                  labels: torch.Tensor | None) -> None:
+    shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
+    if data.dim() != 4 or data.shape[1:] != shape:
+        raise ValueError(f"training data must have shape (N, {', '.join(map(str, shape))}), got {tuple(data.shape)}")
     if len(data) < config.batch_size:
         raise ValueError(f"need at least batch_size={config.batch_size} images, got {len(data)}")
-    if model_config.num_classes and labels is None:
-        raise ValueError(f"this model is class-conditional (num_classes={model_config.num_classes}): pass the "
+    k = model_config.num_classes
+    if k and labels is None:
+        raise ValueError(f"this model is class-conditional (num_classes={k}): pass the "
                          "training labels (labels=...), one integer per image")
     if labels is not None:
-        if not model_config.num_classes:
+        if not k:
             raise ValueError("labels were given but the model is unconditional (num_classes=0); set num_classes "
                              "in the model config to train a class-conditional model")
         if labels.shape != (len(data),) or labels.dtype.is_floating_point:
             raise ValueError(f"labels must be integers of shape ({len(data)},), got {labels.dtype} {tuple(labels.shape)}")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= model_config.num_classes):
-            raise ValueError(f"labels must be in 0..{model_config.num_classes - 1}, got values in "
-                             f"[{int(labels.min())}, {int(labels.max())}]")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= k):
+            raise ValueError(f"labels must be in 0..{k - 1}, got values in [{int(labels.min())}, {int(labels.max())}]")
     if model_config.num_timesteps != schedule.T:
         raise ValueError(f"model_config.num_timesteps={model_config.num_timesteps} but the schedule has T={schedule.T}")
-    # the forward process decides the objective: L_simple for a DiffusionSchedule, restoration for cold diffusion
-    objective = cold_loss if isinstance(schedule, BlurDegradation) else diffusion_loss
-    if objective is cold_loss and model_config.prediction != "x0":
-        raise ValueError(f"cold diffusion trains a restoration network: build it with prediction='x0', "
-                         f"not {model_config.prediction!r}")
-    out_dir = Path(out_dir) if out_dir is not None else None
+
+
+@dataclass
+class _Run:
+    """A run in progress: what it trains on, what it carries from step to step, and where it writes."""
+
+    model_config: ModelConfig
+    schedule: object               # the forward process
+    config: TrainConfig
+    data: torch.Tensor
+    labels: torch.Tensor | None
+    out_dir: Path | None
+    model: nn.Module
+    ema_model: nn.Module
+    net: nn.Module                 # the model, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator     # every draw of the loop (t, eps, dropped labels), in a fixed order
+    numerics: Numerics
+    ranks: distributed.DistInfo
+    device: torch.device
+    step: int = 0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+    loss_sum: float = 0.0          # the losses since the last history entry
+    loss_count: int = 0
+
+    @property
+    def state_path(self) -> Path | None:
+        return self.out_dir / STATE_FILE if self.out_dir is not None else None
+
+    def save(self) -> None:
+        """Write the training state (rank 0, with an ``out_dir``)."""
+        if self.state_path is None or not self.ranks.is_main:
+            return
+        meta = {"model_config": self.model_config.to_dict(), "schedule": schedule_to_dict(self.schedule),
+                "train_config": asdict(self.config), "step": self.step, "seconds": self.seconds,
+                "history": self.history}
+        save_train_state(self.state_path, self.model, self.ema_model, self.optimizer, self.generator, meta)
+
+    def export(self, name: str) -> None:
+        """Write the EMA model as a model checkpoint ``out_dir/name`` (rank 0, with an ``out_dir``)."""
+        if self.out_dir is None or not self.ranks.is_main:
+            return
+        info = {"step": self.step, "train_seconds": round(self.seconds, 1), "train_config": asdict(self.config),
+                "numerics": {"precision": self.numerics.precision, "channels_last": self.numerics.channels_last,
+                             "device": self.device.type}, "processes": self.ranks.world_size}
+        exported = self.ema_model
+        if batchnorm_layers(exported):
+            # the EMA weights carry the raw weights' BatchNorm statistics (ema_update copies them):
+            # recompute them for the weights that are exported (a copy: the training state keeps its own)
+            exported = copy.deepcopy(exported)
+            recalibrate_batchnorm(exported, self.schedule, self.data, seed=self.config.seed)
+            info["batchnorm_recalibrated"] = True
+        save_checkpoint(self.out_dir / name, exported, self.schedule, info)
+
+
+def _start(model_config: ModelConfig, schedule, config: TrainConfig, data: torch.Tensor, labels, out_dir,
+           device, dist_timeout_s: float) -> _Run:
+    """Join the other processes (if any), build the model, its EMA copy and the optimizer, choose the numerics."""
     device = torch.device(device or "cpu")
     ranks = distributed.from_env()
     if device.type == "cuda" and ranks.enabled:
         device = torch.device("cuda", ranks.local_rank)
     micro = config.micro_batch(ranks.world_size)
     ranks = distributed.setup(device, dist_timeout_s)
-    progress = progress and ranks.is_main
     torch.manual_seed(config.seed)
     model = build_model(model_config).to(device)
     ema_model = copy.deepcopy(model).eval()
@@ -458,146 +217,179 @@ def train(
         numerics = choose_numerics(model, device=device, purpose="train", batch_size=micro,
                                    precision=config.precision, channels_last=config.channels_last)
     numerics = distributed.broadcast(numerics, ranks)
-    if progress:
-        print(f"numerics: {numerics.describe()}", flush=True)
-    memory_format = numerics.memory_format
-    model = model.to(memory_format=memory_format)
+    model = model.to(memory_format=numerics.memory_format)
     net = model
     if ranks.enabled:   # averages the replicas' gradients during backward; identical initial weights by the seed
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-
-    step, seconds, history = 0, 0.0, []
-    state_path = out_dir / STATE_FILE if out_dir is not None else None
-    if ranks.is_main and out_dir is not None and out_dir.is_dir():
-        # A run killed outright (SIGKILL, power loss) mid-save leaves its temporary file behind;
-        # the checkpoint itself is intact (atomic_write_bytes only renames complete files).
-        for stale in out_dir.glob(".*.safetensors.*.tmp"):
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if ranks.is_main and out_dir is not None:   # left by a run killed mid-save; the checkpoints are intact
+        for stale in stale_temporaries(out_dir, ".*.safetensors.*.tmp"):
             stale.unlink(missing_ok=True)
-    if state_path is not None and state_path.exists() and resume:
-        step, seconds, history = _load_state(state_path, model, ema_model, optimizer, generator,
-                                             model_config, schedule, config)
-        if ranks.is_main:
-            print(f"resuming from step {step} ({seconds / 60:.1f} min of training so far)", flush=True)
+    return _Run(model_config, schedule, config, data, labels, out_dir, model, ema_model, net, optimizer,
+                torch.Generator().manual_seed(config.seed), numerics, ranks, device)
 
-    def save():
-        if state_path is not None and ranks.is_main:
-            _save_state(state_path, model, ema_model, optimizer, generator, step, seconds, history,
-                        model_config, schedule, config)
 
-    def export(path):
-        if not ranks.is_main:
-            return
-        info = {"step": step, "train_seconds": round(seconds, 1), "train_config": asdict(config),
-                "numerics": {"precision": numerics.precision, "channels_last": numerics.channels_last,
-                             "device": device.type}, "processes": ranks.world_size}
-        exported = ema_model
-        if batchnorm_layers(ema_model):
-            # the EMA weights carry the raw weights' BatchNorm statistics (ema_update copies them):
-            # recompute them for the weights that are exported (a copy: the training state keeps its own)
-            exported = copy.deepcopy(ema_model)
-            recalibrate_batchnorm(exported, schedule, data, seed=config.seed)
-            info["batchnorm_recalibrated"] = True
-        save_checkpoint(path, exported, schedule, info)
+def _resume(run: _Run) -> None:
+    """Continue from the run folder's training state, if there is one of the same run (else a clear error)."""
+    if run.state_path is None or not run.state_path.exists():
+        return
+    state = read_train_state(run.state_path)
+    meta = state.meta
+    # via from_dict, so a state written before a field existed reads as that field's default
+    ours = run.model_config.to_dict()
+    differ = [k for k, v in ModelConfig.from_dict(meta["model_config"]).to_dict().items() if v != ours[k]]
+    differ += ["schedule"] if meta["schedule"] != schedule_to_dict(run.schedule) else []
+    theirs, ours = _recipe(TrainConfig.from_dict(meta["train_config"])), _recipe(run.config)
+    differ += [k for k in ours if theirs.get(k) != ours[k]]
+    if differ:
+        raise CheckpointError(
+            f"{run.state_path} belongs to a run with another {', '.join(differ)}; resume it with the same options, "
+            "or start fresh in another folder (or pass resume=False / --no-resume to overwrite it)")
+    run.model.load_state_dict(state.model)
+    run.ema_model.load_state_dict(state.ema)
+    run.optimizer.load_state_dict(state.optimizer)
+    run.generator.set_state(state.rng_generator)
+    torch.set_rng_state(state.rng_torch)
+    run.step, run.seconds, run.history = meta["step"], meta["seconds"], meta["history"]
+    if run.ranks.is_main:
+        print(f"resuming from step {run.step} ({run.seconds / 60:.1f} min of training so far)", flush=True)
+        if run.step >= run.config.steps:
+            print(f"note: the run is already at step {run.step}, and steps is {run.config.steps}: nothing to train; "
+                  "raise steps (--steps) to train on", flush=True)
 
-    n = len(data)
-    per_epoch = n // config.batch_size
-    epoch, perm = None, None
-    done_snapshots = {m for m in config.snapshot_minutes if seconds >= 60 * m}
-    result = TrainResult(model, ema_model, schedule, step, seconds, history, False, out_dir, numerics)
-    bar = None
-    if progress:
-        from tqdm import tqdm  # plain tqdm: works in terminals and headless notebook runs
 
-        bar = tqdm(total=config.steps, initial=min(step, config.steps), desc="training", mininterval=2)
+def _draw_batch(run: _Run, perm: torch.Tensor):
+    """Lines 2-4 of Algorithm 1 for this step: x_0 in the epoch's order, t ~ Uniform, eps ~ N(0, I).
 
-    def out_of_time():
-        return config.max_minutes is not None and seconds >= 60 * config.max_minutes
+    Every process draws the whole batch, as one process would, and keeps its slice.
+    """
+    b = run.config.batch_size
+    i = run.step % (len(run.data) // b)
+    idx = perm[i * b:(i + 1) * b]
+    x0 = run.data[idx]
+    t = torch.randint(0, run.schedule.T, (b,), generator=run.generator)     # t ~ Uniform
+    noise = torch.randn(x0.shape, generator=run.generator)                  # eps ~ N(0, I)
+    # class-conditional: each label dropped to the null label with probability p_uncond (drawn after
+    # t and eps, so unconditional runs draw exactly what they always drew)
+    y = None
+    if run.labels is not None:
+        y = drop_labels(run.labels[idx], run.model_config.num_classes, run.config.p_uncond, run.generator)
+    fmt = run.numerics.memory_format   # x_0 and eps in the model's format: mixing formats costs more than it saves
+    x0, noise = (distributed.shard(v, run.ranks).to(run.device).contiguous(memory_format=fmt) for v in (x0, noise))
+    t = distributed.shard(t, run.ranks).to(run.device)
+    y = distributed.shard(y, run.ranks).to(run.device) if y is not None else None
+    return x0, t, noise, y
 
-    running, count, stopping = 0.0, 0, False
-    model.train()
-    with _StopFlag() as stop:
-        while step < config.steps and not out_of_time() and not stopping:
-            t0 = time.perf_counter()
-            if epoch != step // per_epoch:
-                epoch = step // per_epoch
-                perm = _epoch_permutation(n, config.seed, epoch)
-            i = step % per_epoch
-            # every process draws the whole batch, as one process would, and keeps its slice
-            idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-            x0 = data[idx]
-            t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator)   # t ~ Uniform
-            noise = torch.randn(x0.shape, generator=generator)                      # eps ~ N(0, I)
-            # class-conditional: the labels, each dropped to the null label with probability p_uncond
-            # (drawn after t and eps, so unconditional runs draw exactly what they always drew)
-            y = (drop_labels(labels[idx], model_config.num_classes, config.p_uncond, generator)
-                 if labels is not None else None)
-            x0, t, noise = (distributed.shard(v, ranks).to(device, non_blocking=True) for v in (x0, t, noise))
-            if y is not None:
-                y = distributed.shard(y, ranks).to(device, non_blocking=True)
-            # x_0 and eps in the model's memory format: mixing formats in q_sample and the loss costs more
-            # than channels_last saves
-            x0, noise = x0.contiguous(memory_format=memory_format), noise.contiguous(memory_format=memory_format)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr_at(step, seconds)
-            optimizer.zero_grad(set_to_none=True)
-            local_loss = 0.0
-            for k in range(config.accum_steps):
-                part = slice(k * micro, (k + 1) * micro)
-                # gradients are all-reduced once, with the last part's backward
-                sync = contextlib.nullcontext() if not ranks.enabled or k == config.accum_steps - 1 else net.no_sync()
-                with sync:
-                    with numerics.autocast(device):
-                        loss = objective(net, schedule, x0[part], t[part], noise[part], config.min_snr_gamma,
-                                         None if y is None else y[part], model_config.prediction)
-                    (loss / config.accum_steps).backward()
-                local_loss += loss.item() / config.accum_steps
-            step_loss = distributed.all_reduce([local_loss], ranks)[0] / ranks.world_size   # the mean over the batch
-            if not math.isfinite(step_loss):   # the same value on every rank: all stop here, nothing updated
-                raise FloatingPointError(
-                    f"the loss became {step_loss} at step {step + 1}; training stopped. The last good "
-                    f"training state (if any) is left untouched in {out_dir}. Lower the learning rate "
-                    f"(now {config.lr}), keep gradient clipping on, or train in fp32 (--precision fp32), then resume."
-                )
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            ema_update(ema_model, model, ema_decay_at(step, config.ema_decay))
-            step += 1
-            # one clock and one stop decision for all ranks: the slowest rank's step time, any rank's request
-            step_seconds, stop_requested = distributed.all_reduce([time.perf_counter() - t0, float(stop.requested)],
-                                                                 ranks, op="max")
-            seconds += step_seconds
-            stopping = bool(stop_requested)
-            running += step_loss
-            count += 1
-            if step % config.log_every == 0 or step == config.steps:
-                history.append([step, running / count, round(seconds, 2)])
-                running, count = 0.0, 0
-                result.step, result.seconds = step, seconds
-                if bar is not None:
-                    bar.set_postfix(loss=f"{history[-1][1]:.4f}")
-                if callback is not None:
-                    callback(step, history[-1][1], result)
-            if bar is not None:
-                bar.update(1)
-            for m in config.snapshot_minutes:
-                if m not in done_snapshots and seconds >= 60 * m and out_dir is not None:
-                    export(out_dir / f"model_{m:g}min.safetensors")
-                    done_snapshots.add(m)
-            if step in config.snapshot_steps and out_dir is not None:
-                export(out_dir / f"model_step{step}.safetensors")
-            if step % config.checkpoint_every == 0:
-                save()
-        if count:
-            history.append([step, running / count, round(seconds, 2)])
-        save()
-        if out_dir is not None:
-            export(out_dir / MODEL_FILE)
-        result.interrupted = stopping or (stop.requested and not ranks.enabled)
+
+def _after_step(run: _Run, loss: float, result: TrainResult, bar, callback, snapshots_due: list) -> None:
+    """The history (the mean loss of every ``log_every`` steps), the callback, snapshots and checkpoints."""
+    config = run.config
+    run.loss_sum, run.loss_count = run.loss_sum + loss, run.loss_count + 1
+    if run.step % config.log_every == 0 or run.step == config.steps:
+        run.history.append([run.step, run.loss_sum / run.loss_count, round(run.seconds, 2)])
+        run.loss_sum, run.loss_count = 0.0, 0
+        result.step, result.seconds = run.step, run.seconds
+        if bar is not None:
+            bar.set_postfix(loss=f"{run.history[-1][1]:.4f}")
+        if callback is not None:
+            callback(run.step, run.history[-1][1], result)
     if bar is not None:
-        bar.close()
-    distributed.barrier(ranks)   # no rank leaves before rank 0 has written the final state
-    result.step, result.seconds, result.history = step, seconds, history
+        bar.update(1)
+    for m in [m for m in snapshots_due if run.seconds >= 60 * m]:
+        run.export(f"model_{m:g}min.safetensors")
+        snapshots_due.remove(m)
+    if run.step in config.snapshot_steps:
+        run.export(f"model_step{run.step}.safetensors")
+    if run.step % config.checkpoint_every == 0:
+        run.save()
+
+
+def train(model_config: ModelConfig, schedule: DiffusionSchedule, config: TrainConfig, data: torch.Tensor,
+          out_dir: str | Path | None = None, resume: bool = True, labels: torch.Tensor | None = None,
+          progress: bool = True, callback: Callable[[int, float, "TrainResult"], None] | None = None,
+          device: torch.device | str | None = None, dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S,
+          overwrite: bool = False) -> TrainResult:
+    """Run Algorithm 1 on ``data`` (float images (N, C, H, W) in [-1, 1]) for ``config.steps`` steps.
+
+    ``schedule`` is the forward process; the loss follows from it (:func:`ddpm_lib.losses.make_loss`).
+    Each step is :func:`ddpm_lib.optim.train_step`, then the EMA update. With ``out_dir``, a
+    training state is saved there every ``config.checkpoint_every`` steps and at the end, and the
+    EMA model is exported to ``out_dir/model.safetensors``; with ``resume``, a state already there
+    is continued. ``callback(step, loss, result)`` is called at every history entry (live plots).
+    The run holds ``out_dir``'s lock (:class:`ddpm_lib._io.RunLock`): a second process training
+    there is refused; so is a folder with a model but no training state, unless ``overwrite``.
+
+    ``device`` (default the CPU) is where the network runs; the random draws (data order, t, eps)
+    come from the seeded CPU generator on every device, so only the arithmetic differs. Under
+    torchrun each process trains a replica on its slice of every batch (:mod:`ddpm_lib.distributed`;
+    the batch stays ``config.batch_size`` images, ``config.accum_steps`` splits each slice further);
+    rank 0 alone writes; a stop (Ctrl-C, SIGTERM, the time budget) on any rank stops all at the same
+    step; ``dist_timeout_s`` bounds how long a rank waits for the others.
+    """
+    _check_inputs(model_config, schedule, config, data, labels)
+    loss_fn = make_loss(schedule, model_config.prediction, config.min_snr_gamma)
+    writer = out_dir is not None and distributed.from_env().is_main     # rank 0 alone writes, and locks
+    with RunLock(out_dir) if writer else contextlib.nullcontext():
+        if writer and not overwrite:
+            check_run_folder(out_dir)
+        run = _start(model_config, schedule, config, data, labels, out_dir, device, dist_timeout_s)
+        progress = progress and run.ranks.is_main
+        if progress:
+            print(f"numerics: {run.numerics.describe()}", flush=True)
+        if resume:
+            _resume(run)
+        result = TrainResult(run.model, run.ema_model, schedule, run.step, run.seconds, run.history, False,
+                             run.out_dir, run.numerics)
+        bar = _progress_bar(config, run.step) if progress else None
+        run.model.train()
+        with _StopFlag() as stop:
+            stopping = _loop(run, loss_fn, result, bar, callback, stop)
+            if run.loss_count:
+                run.history.append([run.step, run.loss_sum / run.loss_count, round(run.seconds, 2)])
+            run.save()
+            run.export(MODEL_FILE)
+            result.interrupted = stopping or (stop.requested and not run.ranks.enabled)
+        if bar is not None:
+            bar.close()
+        distributed.barrier(run.ranks)   # no rank leaves before rank 0 has written the final state
+    result.step, result.seconds, result.history = run.step, run.seconds, run.history
     return result
+
+
+def _loop(run: _Run, loss_fn, result: TrainResult, bar, callback, stop: _StopFlag) -> bool:
+    """The steps of :func:`train`, until ``config.steps``, the time budget or a stop; returns whether it was a stop."""
+    config = run.config
+    snapshots_due = [m for m in config.snapshot_minutes if run.seconds < 60 * m]
+    per_epoch, epoch, perm, stopping = len(run.data) // config.batch_size, None, None, False
+    while run.step < config.steps and not config.out_of_time(run.seconds) and not stopping:
+        t0 = clock()
+        if epoch != run.step // per_epoch:
+            epoch = run.step // per_epoch
+            perm = _epoch_permutation(len(run.data), config.seed, epoch)
+        x0, t, noise, y = _draw_batch(run, perm)
+        for group in run.optimizer.param_groups:
+            group["lr"] = config.lr_at(run.step, run.seconds)
+        try:
+            loss = train_step(run.net, loss_fn, run.optimizer, x0, t, noise, y, numerics=run.numerics,
+                              accum_steps=config.accum_steps, grad_clip=config.grad_clip, ranks=run.ranks)
+        except FloatingPointError as e:
+            raise FloatingPointError(
+                f"{e} at step {run.step + 1}; training stopped. The last good training state (if any) is left "
+                f"untouched in {run.out_dir}. Lower the learning rate (now {config.lr}), keep gradient "
+                "clipping on, or train in fp32 (--precision fp32), then resume.") from None
+        ema_update(run.ema_model, run.model, ema_decay_at(run.step, config.ema_decay))
+        run.step += 1
+        # one clock and one stop decision for all ranks: the slowest rank's step time, any rank's request
+        step_seconds, stop_requested = distributed.all_reduce([clock() - t0, float(stop.requested)],
+                                                             run.ranks, op="max")
+        run.seconds += step_seconds
+        stopping = bool(stop_requested)
+        _after_step(run, loss, result, bar, callback, snapshots_due)
+    return stopping
+
+
+def _progress_bar(config: TrainConfig, step: int):
+    from tqdm import tqdm  # plain tqdm: works in terminals and headless notebook runs
+
+    return tqdm(total=config.steps, initial=min(step, config.steps), desc="training", mininterval=2)

@@ -24,15 +24,16 @@ through them.
 
 from __future__ import annotations
 
-import re
-
+import io
 import math
 import os
-import tempfile
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ._io import atomic_write_bytes
 
 __all__ = [
     "image_grid",
@@ -138,8 +139,8 @@ def show_images(x, nrow: int = 8, title: str | None = None, ax=None, padding: in
 def save_png(x, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Path:
     """Write the grid of ``x`` (see :func:`image_grid`) to ``path`` as an 8-bit PNG.
 
-    The file is written to a temporary file in the same folder and moved into
-    place with :func:`os.replace`, so a reader never sees a half-written PNG.
+    The file is written atomically (:func:`ddpm_lib._io.atomic_write_bytes`), so a
+    reader never sees a half-written PNG.
     Pixel values are ``round(255 * grid)``: uint8 input comes back unchanged and
     model-range input maps like :func:`ddpm_lib.data.from_model_range`.
     Returns the path.
@@ -150,16 +151,9 @@ def save_png(x, path: str | os.PathLike, nrow: int = 8, padding: int = 2) -> Pat
     grid = image_grid(x, nrow=nrow, padding=padding)
     pixels = np.rint(grid * 255.0).astype(np.uint8)
     image = Image.fromarray(pixels)  # uint8 (H, W) -> mode "L", (H, W, 3) -> "RGB"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -282,26 +276,12 @@ def frames_player(
     so that it is the cell's output.
     """
     from IPython.display import HTML
-    import matplotlib as mpl
     from matplotlib.animation import FuncAnimation
     from matplotlib.figure import Figure
 
-    if not embed_limit_mb > 0:
-        raise ValueError(f"embed_limit_mb must be positive, got {embed_limit_mb}")
     frames = list(frames)
     n = len(frames)
-    if n == 0:
-        raise ValueError("frames is empty")
-    if n > max_frames:
-        raise ValueError(
-            f"{n} frames is more than max_frames={max_frames}; every frame is embedded as a PNG, "
-            "so pick fewer timesteps (20-40 is plenty) or raise max_frames on purpose"
-        )
-    if labels is None:
-        labels = [f"frame {i}" for i in range(n)]
-    labels = [str(s) for s in labels]
-    if len(labels) != n:
-        raise ValueError(f"got {len(labels)} labels for {n} frames; pass one per frame")
+    labels = _player_labels(n, labels, max_frames, embed_limit_mb)
     grids = [image_grid(f, nrow=nrow) for f in frames]
     hists = [_density(f, hist_bins, hist_range)[0] for f in frames] if histogram else None
 
@@ -335,6 +315,30 @@ def frames_player(
         bars = ax_hist.patches[0]  # the StepPatch drawn by ax.stairs
 
     anim = FuncAnimation(fig, draw, frames=n, interval=interval, blit=False, repeat=False)
+    return HTML(_embedded_html(anim, n, default_mode, embed_limit_mb))
+
+
+def _player_labels(n: int, labels, max_frames: int, embed_limit_mb: float) -> list[str]:
+    """One caption per frame (``frame i`` by default), after checking what :func:`frames_player` was given."""
+    if not embed_limit_mb > 0:
+        raise ValueError(f"embed_limit_mb must be positive, got {embed_limit_mb}")
+    if n == 0:
+        raise ValueError("frames is empty")
+    if n > max_frames:
+        raise ValueError(
+            f"{n} frames is more than max_frames={max_frames}; every frame is embedded as a PNG, "
+            "so pick fewer timesteps (20-40 is plenty) or raise max_frames on purpose"
+        )
+    labels = [f"frame {i}" for i in range(n)] if labels is None else [str(s) for s in labels]
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} frames; pass one per frame")
+    return labels
+
+
+def _embedded_html(anim, n: int, default_mode: str, embed_limit_mb: float) -> str:
+    """The player's HTML with every frame embedded as a PNG and no request to the web."""
+    import matplotlib as mpl
+
     with mpl.rc_context({"animation.embed_limit": float(embed_limit_mb)}):
         html = anim.to_jshtml(default_mode=default_mode)
     # matplotlib links Font Awesome 4 from a CDN for the buttons' icons: drop the link, so the player makes no
@@ -346,4 +350,4 @@ def frames_player(
             f"only {embedded} of {n} frames were embedded (animation.embed_limit={embed_limit_mb} MB); "
             "use fewer or smaller frames, or raise embed_limit_mb"
         )
-    return HTML(html)
+    return html

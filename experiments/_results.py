@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.checkpoint import atomic_write_bytes
-from ddpm_lib.numerics import cpu_name
+from ddpm_lib._io import atomic_write_bytes
+from ddpm_lib.machine import cpu_name
 
 
 class ResultsFile:

@@ -7,11 +7,11 @@
     python experiments/ablation.py --redo cold_blur         # retrain a run (its state is gone) and re-score what uses it
 
 The budget. Every trained variant gets the same training *time* as the baseline's 10-minute
-point on a 2-core CPU (the shipped recipe reaches step COFFEE_STEPS there, on the Zen 4 EPYC of
+point on a 2-core CPU (the shipped recipe reaches step TEN_MINUTE_STEPS there, on the Zen 4 EPYC of
 the model card). Wall time is a poor referee on a shared 2-core machine, so the time is turned
 into steps: first, a calibration measures every variant's training speed (steps per second, in
 interleaved rounds so that background load touches all alike); a variant then trains for
-COFFEE_STEPS x (its speed / the baseline's speed) steps, the number it reaches in the baseline's
+TEN_MINUTE_STEPS x (its speed / the baseline's speed) steps, the number it reaches in the baseline's
 10 minutes (a variant added later is timed in a later round, beside the baseline again).
 Everything else is shared: the data order, the seeds (initial weights, t, eps), the
 optimizer and its schedule, EMA, batch 64, the numerics chosen by measurement.
@@ -47,16 +47,20 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _common import rates  # noqa: E402
 from _results import ResultsFile  # noqa: E402
 
-from ddpm_lib.cold import BlurDegradation, GaussianMixture1D, cold_loss, cold_sample  # noqa: E402
+from ddpm_lib.checkpoint import STATE_FILE, load_train_state_model  # noqa: E402
+from ddpm_lib.cold import BlurDegradation, GaussianMixture1D  # noqa: E402
 from ddpm_lib.data import from_model_range, load_mnist  # noqa: E402
+from ddpm_lib.ema import ema_update, recalibrate_batchnorm  # noqa: E402
+from ddpm_lib.losses import make_loss  # noqa: E402
 from ddpm_lib.metrics import evaluate_samples  # noqa: E402
 from ddpm_lib.models import build_model  # noqa: E402
 from ddpm_lib.numerics import choose_numerics  # noqa: E402
-from ddpm_lib.presets import COFFEE_STEPS, PRESETS  # noqa: E402
+from ddpm_lib.optim import train_step  # noqa: E402
+from ddpm_lib.presets import TEN_MINUTE_STEPS, PRESETS  # noqa: E402
 from ddpm_lib.sampling import sample  # noqa: E402
+from ddpm_lib.sampling.cold import cold_sample  # noqa: E402
 from ddpm_lib.schedule import make_schedule  # noqa: E402
-from ddpm_lib.training import (STATE_FILE, diffusion_loss, ema_update, load_train_state_model,  # noqa: E402
-                               recalibrate_batchnorm, train)
+from ddpm_lib.training import train  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "ablation.json"
 RUNS = ROOT / "runs" / "ablation"
@@ -65,7 +69,7 @@ SAMPLER, SAMPLER_STEPS = "dpmpp-sde", 50
 SHOWN = 8                                  # samples kept per entry, for the chapter's side-by-side figure
 CALIBRATION_SECONDS = 20.0                 # of training steps per variant, interleaved
 
-BASE = PRESETS["coffee"]                   # the shipped recipe, stopped at its 10-minute point
+BASE = PRESETS["ten_minutes"]                   # the shipped recipe, stopped at its 10-minute point
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ VARIANTS: dict[str, Variant] = {
                           "the EMA weights meet running statistics gathered by the raw ones)", from_run="origin",
                           ema=False),
     "origin_recalibrated": Variant("the origin's run, EMA weights with BatchNorm statistics recomputed for them "
-                                   "(training.recalibrate_batchnorm)", from_run="origin", recalibrate_bn=True),
+                                   "(ema.recalibrate_batchnorm)", from_run="origin", recalibrate_bn=True),
     "time_at_input": Variant("the baseline with the time embedding added once, at the input", {"time_embedding": "input"}),
     "batchnorm": Variant("the baseline with BatchNorm instead of GroupNorm", {"norm": "batch"}),
     "batchnorm_raw": Variant("the BatchNorm run, sampled with its raw weights", from_run="batchnorm", ema=False),
@@ -167,7 +171,7 @@ def training_data() -> torch.Tensor:
 
 
 def training_step(v: Variant, data: torch.Tensor):
-    """One optimizer step of variant ``v`` as train() takes it (loss, backward, clipping, Adam, EMA), as a closure."""
+    """One optimizer step of variant ``v`` as train() takes it (ddpm_lib.optim.train_step, then the EMA), as a closure."""
     cfg, process, batch = v.model_config(), v.forward_process(), BASE.train.batch_size
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -176,19 +180,14 @@ def training_step(v: Variant, data: torch.Tensor):
     model = model.to(memory_format=numerics.memory_format).train()
     ema = copy.deepcopy(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=BASE.train.lr)
-    objective = cold_loss if v.schedule == "blur" else diffusion_loss
+    loss = make_loss(process, cfg.prediction)
     g = torch.Generator().manual_seed(0)
 
     def step():
         x0 = data[torch.randint(0, len(data), (batch,), generator=g)].contiguous(memory_format=numerics.memory_format)
         t = torch.randint(0, process.T, (batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g).contiguous(memory_format=numerics.memory_format)
-        optimizer.zero_grad(set_to_none=True)
-        with numerics.autocast("cpu"):
-            loss = objective(model, process, x0, t, noise, 0.0, None, cfg.prediction)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), BASE.train.grad_clip)
-        optimizer.step()
+        train_step(model, loss, optimizer, x0, t, noise, numerics=numerics, grad_clip=BASE.train.grad_clip)
         ema_update(ema, model, BASE.train.ema_decay)
     return step
 
@@ -208,8 +207,8 @@ def calibrate(results: ResultsFile, data: torch.Tensor) -> dict:
         steps = {name: training_step(VARIANTS[name], data) for name in names}
         # bench/_common.rates: one call of each variant per round, so that background load touches all alike
         rate = rates(steps, items_per_call=1, seconds=CALIBRATION_SECONDS, warmup=3)
-        budget = {name: round(COFFEE_STEPS * rate[name] / rate["baseline"]) for name in steps}
-        entry = {"steps_per_second": rate, "baseline_steps": COFFEE_STEPS, "budget_steps": budget,
+        budget = {name: round(TEN_MINUTE_STEPS * rate[name] / rate["baseline"]) for name in steps}
+        entry = {"steps_per_second": rate, "baseline_steps": TEN_MINUTE_STEPS, "budget_steps": budget,
                  "how": f"training steps (batch {BASE.train.batch_size}, each variant's own numerics) timed in "
                         f"interleaved rounds, {CALIBRATION_SECONDS:g} s per variant after 3 warm-up steps; "
                         "budget = baseline_steps x rate / baseline rate"}
@@ -229,7 +228,7 @@ def calibration_keys(results: ResultsFile) -> list[str]:
 
 def merged_calibration(rounds: list[dict]) -> dict:
     """Budgets of all rounds in one dict, and each variant's speed relative to the baseline of its own round
-    (the baseline keeps its first round's budget; it is COFFEE_STEPS in every round)."""
+    (the baseline keeps its first round's budget; it is TEN_MINUTE_STEPS in every round)."""
     budget, relative = {}, {}
     for r in rounds:
         rate = r["steps_per_second"]
@@ -303,11 +302,13 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
     if v.recalibrate_bn:
         recalibrate_batchnorm(model, process, data)
     sampler, steps, options = v.sampler
+    numerics = choose_numerics(model, purpose="sample", batch_size=BATCH)
     t0 = time.perf_counter()
     if sampler == "cold":
-        x = cold_sample(model, process, blur_mixture(data), N, seed=sample_seed, batch_size=BATCH, **options)
+        x = cold_sample(model, process, blur_mixture(data), N, seed=sample_seed, batch_size=BATCH, numerics=numerics,
+                        **options)
     else:
-        x = sample(model, process, N, sampler, steps, seed=sample_seed, batch_size=BATCH, **options)
+        x = sample(model, process, N, sampler, steps, seed=sample_seed, batch_size=BATCH, numerics=numerics, **options)
     seconds = time.perf_counter() - t0
     images = from_model_range(x)
     report = evaluate_samples(images, seed=sample_seed)

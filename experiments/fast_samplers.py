@@ -26,6 +26,7 @@ from _results import ResultsFile  # noqa: E402
 from ddpm_lib.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from ddpm_lib.data import from_model_range  # noqa: E402
 from ddpm_lib.metrics import evaluate_samples  # noqa: E402
+from ddpm_lib.numerics import choose_numerics  # noqa: E402
 from ddpm_lib.sampling import sample  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "fast_samplers.json"
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
     results = ResultsFile(args.out, "fast samplers on the shipped checkpoint: N=1000, batch 1000, book's FD; "
                                     "written by experiments/fast_samplers.py")
     ckpt = load_checkpoint(args.checkpoint)
+    numerics = choose_numerics(ckpt.model, purpose="sample", batch_size=BATCH)
     for entry in args.only or PLAN:
         sampler, steps = entry.split(":")
         for seed in args.seeds:
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
             if results.has(key):
                 continue
             t0 = time.perf_counter()
-            x = sample(ckpt.model, ckpt.schedule, N, sampler, int(steps), seed=seed, batch_size=BATCH)
+            x = sample(ckpt.model, ckpt.schedule, N, sampler, int(steps), seed=seed, batch_size=BATCH, numerics=numerics)
             seconds = time.perf_counter() - t0
             report = evaluate_samples(from_model_range(x), seed=seed)
             report.update(sampler=sampler, steps=int(steps), seed=seed, sample_seconds=round(seconds, 1),

@@ -27,8 +27,10 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from _results import ResultsFile  # noqa: E402
 
 from ddpm_lib.checkpoint import load_checkpoint  # noqa: E402
+from ddpm_lib.classifier import load_classifier  # noqa: E402
 from ddpm_lib.data import from_model_range, load_mnist  # noqa: E402
-from ddpm_lib.metrics import class_probabilities, evaluate_samples, features, load_classifier  # noqa: E402
+from ddpm_lib.metrics import class_probabilities, evaluate_samples, features  # noqa: E402
+from ddpm_lib.numerics import choose_numerics  # noqa: E402
 from ddpm_lib.sampling import sample  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "guidance_sweep.json"
@@ -62,13 +64,14 @@ def main(argv=None) -> int:
         results.put("real", {"within_class_variance": within_class_variance(
             features(test.images[:10_000], classifier), test.labels[:10_000])})
     real_var = results.get("real")["within_class_variance"]
+    numerics = choose_numerics(ckpt.model, purpose="sample", batch_size=500)
     for w in args.weights:
         key = f"{args.sampler}:{args.steps}:w{w:g}:seed{args.seed}"
         if results.has(key):
             continue
         t0 = time.perf_counter()
         x = sample(ckpt.model, ckpt.schedule, len(asked), args.sampler, args.steps, seed=args.seed, batch_size=500,
-                   class_labels=asked, guidance=w)
+                   class_labels=asked, guidance=w, numerics=numerics)
         seconds = time.perf_counter() - t0
         images = from_model_range(x)
         probs = class_probabilities(images, classifier)

@@ -34,7 +34,7 @@ def toy(monkeypatch, tmp_path):
     base = ablation.BASE
     monkeypatch.setattr(ablation, "BASE", replace(base, train=replace(base.train, batch_size=16, precision="fp32",
                                                                       channels_last=False)))
-    monkeypatch.setattr(ablation, "COFFEE_STEPS", 6)
+    monkeypatch.setattr(ablation, "TEN_MINUTE_STEPS", 6)
     monkeypatch.setattr(ablation, "CALIBRATION_SECONDS", 0.5)
     monkeypatch.setattr(ablation, "N", 40)
     monkeypatch.setattr(ablation, "BATCH", 40)
@@ -109,7 +109,7 @@ def test_a_variant_added_later_is_timed_beside_the_baseline_again(toy, monkeypat
 
 def test_the_half_width_preset_buys_the_steps_the_ablation_measured():
     """Preset half_width: the shipped run's 55 and 10 minutes, in the steps of a network 2.4 times as fast."""
-    from ddpm_lib.presets import COFFEE_STEPS, PRESETS, SHIPPED_STEPS
+    from ddpm_lib.presets import TEN_MINUTE_STEPS, PRESETS, SHIPPED_STEPS
 
     entries = json.loads((ROOT / "experiments" / "results" / "ablation.json").read_text())["entries"]
     rate = entries["calibration"]["steps_per_second"]
@@ -117,6 +117,6 @@ def test_the_half_width_preset_buys_the_steps_the_ablation_measured():
     relative = rate["half_width"] / rate["baseline"]
     assert recipe.train.steps == round(SHIPPED_STEPS * relative)
     ten_minutes = entries["train:half_width:seed0"]["steps"]
-    assert recipe.train.snapshot_steps == (round(COFFEE_STEPS * relative),) == (ten_minutes,)
+    assert recipe.train.snapshot_steps == (round(TEN_MINUTE_STEPS * relative),) == (ten_minutes,)
     assert recipe.model == replace(shipped.model, base_channels=16)
     assert replace(recipe.train, steps=1, snapshot_steps=()) == replace(shipped.train, steps=1, snapshot_steps=())

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib.checkpoint import load_checkpoint, save_checkpoint
-from ddpm_lib.cold import BlurDegradation, GaussianMixture1D, cold_loss, cold_sample, initial_state
+from ddpm_lib.cold import BlurDegradation, GaussianMixture1D, initial_state
+from ddpm_lib.losses import ColdLoss, make_loss
+from ddpm_lib.sampling.cold import cold_sample
 from ddpm_lib.models import ModelConfig, build_model
 from ddpm_lib.training import TrainConfig, train
 
@@ -80,7 +82,7 @@ def test_improved_sampling_telescopes():
     x* itself, shifted by how far the starting grey level is from x*'s mean."""
     d, x_star = BlurDegradation(12), _images(1, seed=3)
     mixture = GaussianMixture1D((0.5, 0.5), (-0.8, -0.6), (0.02, 0.02))
-    out = cold_sample(_Restorer(x_star, d.T), d, mixture, 5, seed=7, precision="fp32", channels_last=False)
+    out = cold_sample(_Restorer(x_star, d.T), d, mixture, 5, seed=7)
     start = initial_state(mixture, 5, (1, 28, 28), torch.Generator().manual_seed(7))
     offset = start[:, :1, :1, :1] - x_star.mean()
     assert torch.allclose(out, x_star + offset, atol=1e-4)
@@ -107,8 +109,8 @@ def test_cold_training_learns_and_checkpoints(tmp_path):
     assert isinstance(ckpt.schedule, BlurDegradation) and ckpt.schedule.T == 10
     x, t = data[:4], torch.tensor([0, 3, 6, 9])
     with torch.no_grad():
-        assert math.isclose(float(cold_loss(ckpt.model, d, x, t)), float(cold_loss(result.ema_model, d, x, t)),
-                            rel_tol=1e-6)
+        loss = ColdLoss(d)
+        assert math.isclose(float(loss(ckpt.model, x, t)), float(loss(result.ema_model, x, t)), rel_tol=1e-6)
 
 
 def test_cold_needs_a_restoration_network():
@@ -116,5 +118,6 @@ def test_cold_needs_a_restoration_network():
     with pytest.raises(ValueError, match="prediction='x0'"):
         train(cfg, BlurDegradation(10), TrainConfig(steps=1, batch_size=4), torch.zeros(8, 1, 28, 28), progress=False)
     with pytest.raises(ValueError, match="prediction='x0'"):
-        cold_loss(build_model(cfg), BlurDegradation(10), torch.zeros(2, 1, 28, 28), torch.tensor([0, 1]),
-                  prediction=cfg.prediction)
+        make_loss(BlurDegradation(10), prediction=cfg.prediction)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        make_loss(BlurDegradation(10), prediction="x0", min_snr_gamma=5.0)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ddpm_lib.checkpoint import load_checkpoint, read_tensors
+from ddpm_lib.distributed import DEFAULT_TIMEOUT_S
 from ddpm_lib.training import STATE_FILE
 
 SCRIPT = """
@@ -108,8 +109,8 @@ def _start(script: Path, out: Path, steps: int, **env) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout         # only against a hung job: no speed is asked for
     while not path.exists():
         if proc.poll() is not None:
             pytest.fail(proc.stdout.read())
@@ -131,7 +132,7 @@ def test_sigterm_on_one_rank_stops_every_rank_with_the_state_intact(script, tmp_
     proc = _start(script, out, 100_000)
     _wait_for(out / STATE_FILE, proc)
     os.kill(int((out / "pid_rank1").read_text()), signal.SIGTERM)
-    output = _finish(proc, timeout=120)
+    output = _finish(proc, timeout=300)
     assert proc.returncode == 0, output
     assert output.count("done") == 2, output            # both ranks left the loop cleanly
     _, meta = read_tensors(out / STATE_FILE)             # readable, and saved at the step where they stopped
@@ -145,9 +146,11 @@ def test_a_killed_rank_fails_the_job_within_the_timeout_and_is_named(script, tmp
     _wait_for(out / STATE_FILE, proc)
     killed_at = time.time()
     os.kill(int((out / "pid_rank1").read_text()), signal.SIGKILL)
-    output = _finish(proc, timeout=60)
+    output = _finish(proc, timeout=DEFAULT_TIMEOUT_S / 2)
     assert proc.returncode != 0
-    assert time.time() - killed_at < 40, "the job outlived its timeout"
+    # ended by itself (in seconds, here), not after rank 0 had waited out the default timeout for the dead
+    # rank: the bound is that, with room for any load, not a speed
+    assert time.time() - killed_at < DEFAULT_TIMEOUT_S / 2, "the job waited as if it had no --dist-timeout"
     # torchrun's report names the rank that died and how
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", output) and "SIGKILL" in output, output[-3000:]
     _, meta = read_tensors(out / STATE_FILE)             # the last checkpoint is intact

@@ -13,7 +13,6 @@ from ddpm_lib.sampling import (ddim_invert, ddim_sample, ddim_step, ddpm_sample,
                                dpm_solver_timesteps, respace, sample, slerp)
 from ddpm_lib.schedule import make_schedule
 
-FP32 = dict(precision="fp32", channels_last=False)
 SCHEDULE = make_schedule("linear", 1000)
 
 
@@ -41,7 +40,7 @@ def gaussian():
 
 
 def _err(oracle, x_T, exact, **kw):
-    return float((dpm_solver_sample(oracle, SCHEDULE, len(x_T), x_T=x_T, device="cpu", **FP32, **kw) - exact)
+    return float((dpm_solver_sample(oracle, SCHEDULE, len(x_T), x_T=x_T, device="cpu", **kw) - exact)
                  .abs().mean())
 
 
@@ -57,7 +56,7 @@ def test_solvers_converge_to_the_exact_ode_solution_at_their_order(gaussian):
 
 def test_sde_solver_matches_the_data_distribution(gaussian):
     oracle, _, _ = gaussian
-    x = dpm_solver_sample(oracle, SCHEDULE, 4000, steps=50, stochastic=True, seed=0, device="cpu", **FP32,
+    x = dpm_solver_sample(oracle, SCHEDULE, 4000, steps=50, stochastic=True, seed=0, device="cpu",
                           image_shape=(1, 4, 4))
     assert abs(float(x.std()) - 0.5) < 0.02 and abs(float(x.mean())) < 0.02
 
@@ -103,10 +102,10 @@ def test_ddpm_with_all_steps_is_unchanged_by_the_steps_argument():
     torch.manual_seed(1)
     net = build_model(arch="unet", base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False,
                       num_timesteps=30, image_size=8)
-    a = ddpm_sample(net, schedule, 3, seed=4, **FP32)
-    b = ddpm_sample(net, schedule, 3, seed=4, steps=30, **FP32)
+    a = ddpm_sample(net, schedule, 3, seed=4)
+    b = ddpm_sample(net, schedule, 3, seed=4, steps=30)
     assert torch.equal(a, b)
-    c = ddpm_sample(net, schedule, 3, seed=4, steps=10, **FP32)
+    c = ddpm_sample(net, schedule, 3, seed=4, steps=10)
     assert c.shape == a.shape and torch.isfinite(c).all()
 
 
@@ -116,7 +115,7 @@ def test_inversion_round_trip_is_exact_in_the_limit(gaussian):
     errs = {}
     for k in (20, 200):
         z = ddim_invert(oracle, SCHEDULE, x0, steps=k, device="cpu")
-        back = ddim_sample(oracle, SCHEDULE, 16, steps=k, x_T=z, device="cpu", **FP32)
+        back = ddim_sample(oracle, SCHEDULE, 16, steps=k, x_T=z, device="cpu")
         errs[k] = float((back - x0).abs().mean())
     assert errs[200] < errs[20] / 5 and errs[200] < 0.02     # the error falls like 1/steps
 
@@ -134,7 +133,7 @@ def test_sample_dispatches_and_rejects_unknown_samplers():
     net = build_model(arch="unet", base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False,
                       num_timesteps=40, image_size=8)
     for name in ("ddpm", "ddim", "dpmpp", "dpmpp-sde"):
-        assert sample(net, schedule, 2, name, 5, seed=0, **FP32).shape == (2, 1, 8, 8)
+        assert sample(net, schedule, 2, name, 5, seed=0).shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
         sample(net, schedule, 2, "euler", 5)
     with pytest.raises(ValueError, match="between 1 and T/2=20"):
@@ -158,7 +157,7 @@ def test_dpm_solver_clip_bounds_the_data_prediction(stochastic):
     """With clip_x0 every data prediction lies in [-1, 1], so the last step (which returns it) does too;
     unclipped, the same network draws values far outside."""
     s = make_schedule("linear", 100)
-    kw = dict(steps=8, seed=0, stochastic=stochastic, precision="fp32", channels_last=False)
+    kw = dict(steps=8, seed=0, stochastic=stochastic)
     loose = dpm_solver_sample(_LoudNet(100), s, 4, **kw)
     clipped = dpm_solver_sample(_LoudNet(100), s, 4, clip_x0=True, **kw)
     assert float(loose.abs().max()) > 10
@@ -172,5 +171,5 @@ def test_dpm_solver_clip_changes_nothing_inside_the_range():
     torch.nn.init.zeros_(model.conv_out.weight)
     torch.nn.init.zeros_(model.conv_out.bias)               # eps = 0: the ODE keeps x0_theta = x_T / alpha_T
     x_T = 0.001 * torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))   # x0_theta = x_T / alpha_T
-    kw = dict(steps=5, x_T=x_T, precision="fp32", channels_last=False)
+    kw = dict(steps=5, x_T=x_T)
     assert torch.equal(dpm_solver_sample(model, s, 2, **kw), dpm_solver_sample(model, s, 2, clip_x0=True, **kw))

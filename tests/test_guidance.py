@@ -15,7 +15,6 @@ T = 50
 SCHEDULE = make_schedule("linear", T)
 CFG = ModelConfig(arch="unet", base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention=False,
                   num_timesteps=T, image_size=8, num_classes=10)
-FP32 = dict(precision="fp32", channels_last=False)
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +48,27 @@ def test_guided_eps_is_the_papers_formula_and_diffusers_scale(model):
 
 def test_samplers_draw_guided_images_per_image_labels(model):
     labels = torch.tensor([0, 1, 2, 3, 4, 5])
-    a = ddim_sample(model, SCHEDULE, 6, steps=10, seed=1, class_labels=labels, guidance=1.0, batch_size=4, **FP32)
+    a = ddim_sample(model, SCHEDULE, 6, steps=10, seed=1, class_labels=labels, guidance=1.0, batch_size=4)
     assert a.shape == (6, 1, 8, 8)
     single = ddim_sample(model, SCHEDULE, 1, steps=10, class_labels=[5], guidance=1.0,
-                         x_T=torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)), **FP32)
+                         x_T=torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(3)))
     assert torch.isfinite(single).all()
     # each batch takes its own slice of the labels: batches of 4 and 2 give what two separate draws give
     gen = torch.Generator().manual_seed(1)
     xT = torch.randn(6, 1, 8, 8, generator=gen)
-    c = ddim_sample(model, SCHEDULE, 6, steps=10, class_labels=labels, guidance=1.0, x_T=xT, batch_size=4, **FP32)
+    c = ddim_sample(model, SCHEDULE, 6, steps=10, class_labels=labels, guidance=1.0, x_T=xT, batch_size=4)
     for part in (slice(0, 4), slice(4, 6)):
         alone = ddim_sample(model, SCHEDULE, len(labels[part]), steps=10, class_labels=labels[part], guidance=1.0,
-                            x_T=xT[part], **FP32)
+                            x_T=xT[part])
         torch.testing.assert_close(c[part], alone, atol=1e-5, rtol=0)
 
 
 def test_w_zero_is_the_conditional_model_and_guidance_changes_samples(model):
     xT = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     labels = [4, 4, 4]
-    plain = dpm_solver_sample(model, SCHEDULE, 3, steps=10, class_labels=labels, guidance=0.0, x_T=xT, **FP32)
-    guided = dpm_solver_sample(model, SCHEDULE, 3, steps=10, class_labels=labels, guidance=3.0, x_T=xT, **FP32)
-    other = dpm_solver_sample(model, SCHEDULE, 3, steps=10, class_labels=[7, 7, 7], guidance=0.0, x_T=xT, **FP32)
+    plain = dpm_solver_sample(model, SCHEDULE, 3, steps=10, class_labels=labels, guidance=0.0, x_T=xT)
+    guided = dpm_solver_sample(model, SCHEDULE, 3, steps=10, class_labels=labels, guidance=3.0, x_T=xT)
+    other = dpm_solver_sample(model, SCHEDULE, 3, steps=10, class_labels=[7, 7, 7], guidance=0.0, x_T=xT)
     assert not torch.allclose(plain, guided) and not torch.allclose(plain, other)
 
 
@@ -83,9 +82,9 @@ def test_bad_labels_and_weights_fail_clearly(model):
     with pytest.raises(ValueError, match="guidance weight w must be a number >= 0"):
         ClassifierFreeGuidance(model, [1], -1.0)
     with pytest.raises(ValueError, match="needs class labels"):
-        ddim_sample(model, SCHEDULE, 2, steps=5, guidance=2.0, **FP32)
+        ddim_sample(model, SCHEDULE, 2, steps=5, guidance=2.0)
     with pytest.raises(ValueError, match="one label or one per image"):
-        ddim_sample(model, SCHEDULE, 3, steps=5, class_labels=[1, 2], **FP32)
+        ddim_sample(model, SCHEDULE, 3, steps=5, class_labels=[1, 2])
     with pytest.raises(ValueError, match="takes no class labels"):
         unconditional(torch.randn(1, 1, 8, 8), torch.tensor([1]), torch.tensor([1]))
     with pytest.raises(ValueError, match="needs arch 'unet'"):
@@ -104,7 +103,7 @@ def test_label_dropout_rate_and_null_label():
 def test_conditional_training_needs_labels_and_learns_with_them(tmp_path):
     data = torch.rand(128, 1, 8, 8) * 2 - 1
     labels = torch.arange(128) % 10
-    tc = TrainConfig(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=10, log_every=1, **FP32)
+    tc = TrainConfig(steps=3, batch_size=32, warmup_steps=1, checkpoint_every=10, log_every=1)
     with pytest.raises(ValueError, match="class-conditional .* pass the training labels"):
         train(CFG, SCHEDULE, tc, data, progress=False)
     with pytest.raises(ValueError, match="labels must be in 0..9"):

@@ -161,7 +161,7 @@ def test_bound_of_an_oracle_matches_the_hand_computation(variance, delta):
         ab.append((ab[-1] if ab else 1.0) * (1 - b))
     model = Oracle(x_star, ab, delta)
     x0 = x_star.float().expand(3, 1, 3, 4).clone()                   # three copies, each with its own noise
-    result = variational_bound(model, schedule, x0, variance=variance, seed=0, channels_last=False)
+    result = variational_bound(model, schedule, x0, variance=variance, seed=0)
     expected = _bound_by_hand(levels, betas, variance, delta)
     assert result.terms.shape == (3, 1000) and result.bits_per_dim.shape == (3,)
     assert torch.allclose(result.bits_per_dim, torch.full((3,), expected, dtype=torch.float64), rtol=1e-6, atol=0)
@@ -179,7 +179,7 @@ def test_eq12_weight_for_beta():
     schedule = make_schedule("linear", 100)
     ab = schedule.alpha_bars.tolist()
     x_star = torch.full((1, 1, 2, 2), GRID[128].item())               # a mid-grey image (on the 8-bit grid)
-    run = {d: variational_bound(Oracle(x_star, ab, d), schedule, x_star.float(), channels_last=False).terms[0]
+    run = {d: variational_bound(Oracle(x_star, ab, d), schedule, x_star.float()).terms[0]
            for d in (0.0, 0.5)}
     i = torch.arange(1, 100)
     beta, alpha, abar = schedule.betas[i], schedule.alphas[i], schedule.alpha_bars[i]
@@ -194,12 +194,11 @@ def test_t_stride_is_unbiased_over_offsets():
     model = nn.Sequential(nn.Conv2d(1, 1, 3, padding=1))               # any eps-model will do
     wrapped = _TimeFree(model)
     x0 = (torch.randint(0, 256, (2, 1, 4, 4)).double() / 127.5 - 1).float()
-    full = variational_bound(wrapped, schedule, x0, seed=3, channels_last=False)
+    full = variational_bound(wrapped, schedule, x0, seed=3)
     k = 7                                                              # 99 KL columns: not a multiple of 7
     estimates = []
     for o in range(k):
-        r = variational_bound(wrapped, schedule, x0, seed=3, t_stride=k, t_offsets=torch.tensor([o, o]),
-                              channels_last=False)
+        r = variational_bound(wrapped, schedule, x0, seed=3, t_stride=k, t_offsets=torch.tensor([o, o]))
         seen = ~torch.isnan(r.terms)
         assert torch.allclose(r.terms[seen], full.terms[seen], rtol=1e-12), "a column's x_t must not depend on k"
         assert seen[:, 0].all() and seen[:, 1:].sum(1).tolist() == [len(range(1 + o, 100, k))] * 2
@@ -221,13 +220,13 @@ def test_bad_input_is_refused():
     model = _TimeFree(nn.Conv2d(1, 1, 1))
     good = torch.full((1, 1, 2, 2), -1.0)
     with pytest.raises(ValueError, match="8-bit data"):
-        variational_bound(model, schedule, good + 0.001, channels_last=False)
+        variational_bound(model, schedule, good + 0.001)
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        variational_bound(model, schedule, good * 2, channels_last=False)
+        variational_bound(model, schedule, good * 2)
     with pytest.raises(ValueError, match="unknown variance"):
-        variational_bound(model, schedule, good, variance="none", channels_last=False)
+        variational_bound(model, schedule, good, variance="none")
     with pytest.raises(ValueError, match="t_stride"):
-        variational_bound(model, schedule, good, t_stride=0, channels_last=False)
+        variational_bound(model, schedule, good, t_stride=0)
 
 
 # --------------------------------------------------------------------------- the command

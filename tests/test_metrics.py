@@ -1,5 +1,6 @@
-"""Tests for ddpm_lib.metrics: the Fréchet distance, the shipped MNIST classifier and
-evaluate_samples (an MNIST analogue of FID, Heusel et al. 2017)."""
+"""Tests for ddpm_lib.metrics: the Fréchet distance, features and evaluate_samples (an MNIST
+analogue of FID, Heusel et al. 2017) and summarize_seeds. The classifier itself is tested in
+test_classifier.py."""
 
 from __future__ import annotations
 
@@ -10,14 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ddpm_lib import classifier as clf_lib
 from ddpm_lib import metrics
 from ddpm_lib.data import load_mnist
-from ddpm_lib.metrics import (
-    ClassifierCheckpointError,
-    frechet_distance,
-    frechet_distance_from_stats,
-    gaussian_stats,
-)
+from ddpm_lib.metrics import frechet_distance, frechet_distance_from_stats, gaussian_stats
 
 
 # ---------------------------------------------------------------- Fréchet distance
@@ -76,39 +73,19 @@ def test_gaussian_stats_unbiased():
         gaussian_stats(torch.zeros(1, 3))
 
 
-# ---------------------------------------------------------------- the shipped classifier
+# ---------------------------------------------------------------- measures with the shipped classifier
 
 
 @pytest.fixture(scope="module")
 def classifier():
-    path = metrics.shipped_classifier_path()
+    path = clf_lib.shipped_classifier_path()
     assert path.exists(), f"the shipped classifier {path} is missing"
-    return metrics.load_classifier(path, train_if_missing=False)
+    return clf_lib.load_classifier(path, train_if_missing=False)
 
 
 @pytest.fixture(scope="module")
 def test_set():
     return load_mnist("test")
-
-
-def test_shipped_classifier_metadata(classifier):
-    from safetensors import safe_open
-
-    assert classifier.test_accuracy >= 0.99
-    with safe_open(str(metrics.shipped_classifier_path()), framework="pt") as f:
-        meta = f.metadata()
-    assert meta["format"] == metrics.CHECKPOINT_FORMAT
-    assert float(meta["test_accuracy"]) >= 0.99
-    assert int(meta["seed"]) == 0
-    assert metrics.ClassifierConfig.from_dict(json.loads(meta["config"])).feature_dim == 128
-    assert not classifier.training
-
-
-def test_shipped_classifier_accuracy(classifier, test_set):
-    probs = metrics.class_probabilities(test_set.images, classifier)
-    acc = float((probs.argmax(1) == test_set.labels).double().mean())
-    assert acc >= 0.99
-    assert acc == pytest.approx(classifier.test_accuracy, abs=2e-4)  # fp32 eval reproduces the stored figure
 
 
 def test_features_and_histogram(classifier, test_set):
@@ -157,13 +134,7 @@ def test_evaluate_samples(classifier, test_set):
     assert res8["n"] == 200 and res8["fd_floor"] == pytest.approx(res["fd_floor"])
 
 
-# ---------------------------------------------------------------- checkpoint files
-
-
-def _tiny_classifier():
-    torch.manual_seed(0)
-    model = metrics.MNISTClassifier(metrics.ClassifierConfig(channels=(4, 8), feature_dim=16))
-    return model.eval()
+# ---------------------------------------------------------------- seed summaries
 
 
 def _report(seed, fd, floor, counts):
@@ -195,77 +166,9 @@ def test_summarize_seeds_refuses_too_few_or_repeated_seeds():
         metrics.summarize_seeds([a, dict(a)])
 
 
-def test_save_load_roundtrip(tmp_path):
-    model = _tiny_classifier()
-    path = tmp_path / "clf.safetensors"
-    metrics.save_classifier(model, path, {"test_accuracy": 0.5, "seed": 3})
-    assert path.read_bytes()[:8]  # a file was written, and no temporary files were left behind
-    assert [p.name for p in tmp_path.iterdir()] == ["clf.safetensors"]
-    loaded = metrics.load_classifier(path, train_if_missing=False)
-    assert loaded.test_accuracy == 0.5 and loaded.metadata["seed"] == 3
-    x = torch.rand(3, 1, 28, 28) * 2 - 1
-    torch.testing.assert_close(loaded(x), model(x))
-
-
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "bitflip"])
-def test_corrupt_checkpoint_error(tmp_path, damage):
-    path = tmp_path / "clf.safetensors"
-    metrics.save_classifier(_tiny_classifier(), path, {"test_accuracy": 0.5, "seed": 0})
-    data = bytearray(path.read_bytes())
-    if damage == "garbage":
-        data = b"this is not a safetensors file"
-    elif damage == "truncated":
-        data = data[: len(data) // 2]
-    else:
-        data[-5] ^= 0xFF  # flip bits in the last weight tensor
-    path.write_bytes(bytes(data))
-    with pytest.raises(ClassifierCheckpointError, match="corrupt") as err:
-        metrics.load_classifier(path, train_if_missing=False)
-    msg = str(err.value)
-    assert str(path) in msg and "Delete it" in msg and "train-classifier" in msg
-
-
-def test_missing_checkpoint_without_training(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        metrics.load_classifier(tmp_path / "nope.safetensors", train_if_missing=False)
-
-
-def _fake_training(calls):
-    def fake(seed=0, config=None, verbose=True):
-        calls.append(seed)
-        return _tiny_classifier(), {"test_accuracy": 0.25, "seed": seed, "train_seconds": 0.0}
-
-    return fake
-
-
-def test_missing_checkpoint_is_trained_and_cached(tmp_path, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(metrics, "train_classifier", _fake_training(calls))
-    path = tmp_path / "sub" / "clf.safetensors"
-    model = metrics.load_classifier(path, seed=7)
-    assert calls == [7] and path.exists() and model.test_accuracy == 0.25
-    assert "training it now" in capsys.readouterr().out
-    metrics.load_classifier(path)  # second time: loaded, not retrained
-    assert calls == [7]
-
-
-def test_default_path_falls_back_to_cache_dir(tmp_path, monkeypatch):
-    # a shipped location outside a source checkout (no pyproject.toml next to it) is not written to
-    calls = []
-    monkeypatch.setattr(metrics, "train_classifier", _fake_training(calls))
-    monkeypatch.setattr(metrics, "shipped_classifier_path", lambda: tmp_path / "pkg" / "checkpoints" / "c.safetensors")
-    monkeypatch.setenv("DDPM_CACHE_DIR", str(tmp_path / "cache"))
-    model = metrics.load_classifier()
-    assert calls == [0]
-    assert (tmp_path / "cache" / metrics.CHECKPOINT_NAME).exists()
-    assert not (tmp_path / "pkg").exists()
-    assert model.metadata["path"] == str((tmp_path / "cache" / metrics.CHECKPOINT_NAME).resolve())
-
-
-def test_cli_train_classifier(tmp_path, monkeypatch, capsys):
-    calls = []
-    monkeypatch.setattr(metrics, "train_classifier", _fake_training(calls))
-    out = tmp_path / "cli.safetensors"
-    assert metrics.main(["train-classifier", "--out", str(out), "--seed", "5"]) == 0
-    assert calls == [5] and out.exists()
-    assert "test accuracy: 0.2500" in capsys.readouterr().out
+def test_metrics_holds_only_the_measures():
+    # the classifier, its training, its checkpoint and the retrain command live in ddpm_lib.classifier / cli
+    for name in metrics.__all__:
+        assert callable(getattr(metrics, name)), name
+    for gone in ("main", "train_classifier", "save_classifier", "ClassifierConfig", "CHECKPOINT_FORMAT"):
+        assert not hasattr(metrics, gone), gone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -12,9 +13,10 @@ import textwrap
 import pytest
 import torch
 
-from ddpm_lib import numerics
+from ddpm_lib import machine, numerics
 from ddpm_lib.models import ModelConfig, build_model
-from ddpm_lib.numerics import Numerics, choose_numerics, resolve_device
+from ddpm_lib.machine import resolve_device
+from ddpm_lib.numerics import Numerics, choose_numerics
 from ddpm_lib.sampling import ddim_sample, ddpm_sample
 from ddpm_lib.schedule import make_schedule
 
@@ -97,7 +99,7 @@ def test_bad_requests_fail_clearly():
 
 
 def test_auto_device_is_the_best_present():
-    expected = "cuda" if torch.cuda.is_available() else "mps" if numerics._mps_available() else "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "mps" if machine._mps_available() else "cpu"
     assert resolve_device("auto").type == expected == resolve_device(None).type
     assert resolve_device("cpu") == torch.device("cpu")
 
@@ -110,12 +112,14 @@ def test_the_probe_leaves_the_random_streams_alone(cache):
 
 
 def test_every_variant_samples_the_same_images(cache):
-    """fp32 in either memory format draws the same images (to float rounding); bf16 close to them."""
+    """fp32 in either memory format draws the same images (to float rounding); bf16 close to them.
+    A sampler given no numerics runs fp32 contiguous, the same on every machine."""
     model, schedule = tiny_model(), make_schedule("linear", 50)
-    ref = ddpm_sample(model, schedule, 6, seed=3, precision="fp32", channels_last=False)
-    cl = ddpm_sample(model, schedule, 6, seed=3, precision="fp32", channels_last=True)
-    bf = ddpm_sample(model, schedule, 6, seed=3, precision="bf16", channels_last=False)
-    auto = ddpm_sample(model, schedule, 6, seed=3)
+    ref = ddpm_sample(model, schedule, 6, seed=3, numerics=Numerics("fp32", False))
+    cl = ddpm_sample(model, schedule, 6, seed=3, numerics=Numerics("fp32", True))
+    bf = ddpm_sample(model, schedule, 6, seed=3, numerics=Numerics("bf16", False))
+    auto = ddpm_sample(model, schedule, 6, seed=3, numerics=choose_numerics(model, purpose="sample", batch_size=6))
+    assert torch.equal(ddpm_sample(model, schedule, 6, seed=3), ref)
     # an untrained net sends values to the thousands: compare relative to their size
     assert torch.allclose(ref, cl, rtol=1e-4, atol=1e-3)
     assert (bf - ref).abs().mean() < 0.05 * ref.abs().mean()
@@ -123,8 +127,8 @@ def test_every_variant_samples_the_same_images(cache):
     assert ref.is_contiguous() and cl.is_contiguous()
     # the model is handed back in the contiguous format it came in
     assert all(p.is_contiguous() for p in model.parameters())
-    d_ref = ddim_sample(model, schedule, 6, steps=5, seed=3, precision="fp32", channels_last=False)
-    d_cl = ddim_sample(model, schedule, 6, steps=5, seed=3, precision="fp32", channels_last=True)
+    d_ref = ddim_sample(model, schedule, 6, steps=5, seed=3, numerics=Numerics("fp32", False))
+    d_cl = ddim_sample(model, schedule, 6, steps=5, seed=3, numerics=Numerics("fp32", True))
     assert torch.allclose(d_ref, d_cl, rtol=1e-4, atol=1e-3)
 
 
@@ -138,32 +142,120 @@ def _run_capped(code: str, cache_dir, capped: bool = True) -> dict:
 
 
 @x86
-def test_under_the_avx2_cap_auto_keeps_fp32_and_the_probe_agrees(tmp_path):
-    """The feature check (no native bf16 under the cap) and a probe that is made to time bf16 agree.
+def test_under_the_avx2_cap_bf16_is_not_even_timed(tmp_path):
+    """The feature check holds under the cap: no native bf16, so ``auto`` times fp32 alone and keeps it.
 
     This is what a learner's AVX2 laptop sees: bf16 emulated and many times slower, so ``auto``
-    must never pick it, and it does not even spend the time to measure it.
+    must never pick it, and it does not even spend the time to measure it. What the probe would
+    do with bf16's emulated speed is checked with a fake clock (below), not by timing this machine.
     """
     got = _run_capped("""
         import json, torch
         from ddpm_lib import numerics
-        from ddpm_lib.presets import PRESETS
-        from ddpm_lib.models import build_model
+        from ddpm_lib.models import ModelConfig, build_model
+        timed = []
+        real_probe = numerics.probe
+        def probe(model, candidates, **kw):
+            timed.extend(c.name for c in candidates)
+            return real_probe(model, candidates, **kw)
+        numerics.probe = probe
+        cfg = ModelConfig(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=50)
         torch.manual_seed(0)
-        model = build_model(PRESETS["shipped"].model)
-        chosen = numerics.choose_numerics(model, purpose="sample", batch_size=8)
-        # time all four, bf16 included, as if the feature check did not exist
-        rates = numerics.probe(model, [numerics.Numerics(p, cl) for p in ("fp32", "bf16") for cl in (False, True)],
-                               purpose="sample", batch_size=8)
+        model = build_model(cfg)
+        candidates, note = numerics.candidates_for("cpu")
+        chosen = numerics.choose_numerics(model, purpose="sample", batch_size=4)
+        fixed = numerics.choose_numerics(model, purpose="train", batch_size=4, channels_last=False)
         print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(), "native": numerics.bf16_native(),
-                          "chosen": chosen.name, "source": chosen.source, "rates": rates}))
+                          "candidates": [c.name for c in candidates], "note": note, "timed": timed,
+                          "chosen": chosen.precision, "source": chosen.source,
+                          "fixed": [fixed.name, fixed.source]}))
     """, tmp_path)
     assert got["capability"] == "AVX2" and got["native"] is False, got
-    assert got["chosen"].startswith("fp32"), got
-    rates = got["rates"]
-    fastest_bf16 = max(v for k, v in rates.items() if k.startswith("bf16"))
-    slowest_fp32 = min(v for k, v in rates.items() if k.startswith("fp32"))
-    assert fastest_bf16 < slowest_fp32 / 2, rates        # emulated bf16 loses by far: the check is safe
+    assert got["candidates"] == ["fp32 contiguous", "fp32 channels_last"] and "no native bf16" in got["note"], got
+    assert got["timed"] == got["candidates"], got               # bf16 never reached the probe
+    assert (got["chosen"], got["source"]) == ("fp32", "probe"), got
+    assert got["fixed"] == ["fp32 contiguous", "feature check"], got   # nothing left to measure
+
+
+class FakeClock:
+    """Seconds that pass only when a fake step says so: the probe's timings, chosen by the test."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_steps(monkeypatch, clock: FakeClock, costs: dict, load=lambda now: 1.0) -> dict:
+    """Replace the probe's real work: a call of candidate ``name`` takes ``costs[name]`` seconds of ``clock``
+    (the first call, the warm-up, 10 times as long), times ``load(now)``; a name missing from ``costs`` fails
+    to build, like an op a device lacks. Returns the number of calls of each candidate."""
+    calls = {}
+
+    def step_fn(*args, **kwargs):
+        name = next(a for a in (*args, *kwargs.values()) if isinstance(a, Numerics)).name
+        if name not in costs:
+            raise RuntimeError(f"{name} is not supported here")
+
+        def step():
+            calls[name] = calls.get(name, 0) + 1
+            clock.now += costs[name] * (10 if calls[name] == 1 else 1) * load(clock.now)
+        return step
+
+    monkeypatch.setattr(numerics, "_step_fn", step_fn)
+    return calls
+
+
+FOUR = [Numerics(p, cl) for p in ("fp32", "bf16") for cl in (False, True)]
+# as an AVX2 CPU measures them (ms per call, relative): bf16 emulated, ten times slower than fp32
+AVX2_COSTS = {"fp32 contiguous": 0.010, "fp32 channels_last": 0.008,
+              "bf16 contiguous": 0.100, "bf16 channels_last": 0.090}
+
+
+def test_the_probe_rates_each_candidate_by_its_fastest_call(monkeypatch):
+    """Rates are the batch over the fastest call, whatever the warm-up or a burst of background load cost."""
+    clock = FakeClock()
+    burst = lambda now: 5.0 if 0.25 < now < 0.6 else 1.0        # the machine is busy for many rounds
+    calls = fake_steps(monkeypatch, clock, {"fp32 contiguous": 0.010, "fp32 channels_last": 0.008}, burst)
+    rates = numerics.probe(tiny_model(), FOUR[:2], batch_size=64, clock=clock, seconds=0.4, rounds=3)
+    assert rates == {"fp32 contiguous": pytest.approx(6400), "fp32 channels_last": pytest.approx(8000)}
+    # interleaved rounds: both saw the burst, and both were timed about ``seconds`` each
+    assert abs(calls["fp32 contiguous"] - calls["fp32 channels_last"]) <= 1
+    assert clock.now >= 0.4 * 2
+
+
+def test_the_probe_stops_timing_a_hopeless_candidate_and_leaves_out_a_failing_one(monkeypatch):
+    clock = FakeClock()
+    costs = {k: v for k, v in AVX2_COSTS.items() if k != "bf16 channels_last"}     # that one fails to build
+    calls = fake_steps(monkeypatch, clock, costs)
+    rates = numerics.probe(tiny_model(), FOUR, batch_size=8, clock=clock, seconds=0.4, rounds=3)
+    assert set(rates) == {"fp32 contiguous", "fp32 channels_last", "bf16 contiguous"}
+    assert calls["bf16 contiguous"] == 2            # the warm-up and one round: at 1/10 of the best, it cannot win
+    assert calls["fp32 contiguous"] > 3 and rates["bf16 contiguous"] == pytest.approx(8 / 0.100)
+    # fewer rounds than asked only when the time is spent: at least ``rounds``, at least ``seconds`` each
+    short = fake_steps(monkeypatch, clock, {"fp32 contiguous": 1.0, "fp32 channels_last": 1.0})
+    numerics.probe(tiny_model(), FOUR[:2], batch_size=8, clock=clock, seconds=0.4, rounds=3)
+    assert short == {"fp32 contiguous": 4, "fp32 channels_last": 4}
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_keeps_what_the_probe_measured_fastest(cache, monkeypatch, native):
+    """choose_numerics with the probe's timings fixed: the fastest fp32 layout, never emulated bf16, and where
+    bf16 is native and faster, bf16; the decision is cached with the figures that made it."""
+    monkeypatch.setattr(numerics, "bf16_native", lambda device="cpu": native)
+    clock = FakeClock()
+    monkeypatch.setattr(numerics, "probe", functools.partial(numerics.probe, clock=clock))
+    costs = dict(AVX2_COSTS)
+    fake_steps(monkeypatch, clock, costs)
+    chosen = choose_numerics(tiny_model(), purpose="sample", batch_size=8)
+    assert (chosen.name, chosen.source) == ("fp32 channels_last", "probe")
+    assert set(chosen.rates) == ({c.name for c in FOUR} if native else {"fp32 contiguous", "fp32 channels_last"})
+    assert choose_numerics(tiny_model(), purpose="sample", batch_size=8).source == "cache"
+    # a CPU with native bf16 (AMX), where bf16 is the fastest: chosen there, and not where it is emulated
+    costs.update({"bf16 contiguous": 0.004, "bf16 channels_last": 0.005})
+    fast_bf16 = choose_numerics(tiny_model(), purpose="train", batch_size=8)
+    assert fast_bf16.name == ("bf16 contiguous" if native else "fp32 channels_last")
 
 
 @x86

@@ -7,7 +7,7 @@ from torch import nn
 from ddpm_lib.models import ModelConfig, build_model
 from ddpm_lib.sampling import EpsFromPrediction, as_eps_model, ddim_sample, p_mean
 from ddpm_lib.schedule import make_schedule
-from ddpm_lib.training import diffusion_loss
+from ddpm_lib.losses import DiffusionLoss
 
 SMALL = dict(base_channels=16, channel_mults=(1, 2), num_res_blocks=1, num_timesteps=100)
 
@@ -47,7 +47,7 @@ def test_every_parameterisation_samples_the_same_images():
     """DDIM with the exact predictor of a one-image data set lands on that image, whatever the network predicts."""
     s = make_schedule("linear", 100)
     x_star = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    out = {p: ddim_sample(_DiracOracle(x_star, s, p), s, 4, steps=10, seed=0, precision="fp32", channels_last=False)
+    out = {p: ddim_sample(_DiracOracle(x_star, s, p), s, 4, steps=10, seed=0)
            for p in ("eps", "x0", "v")}
     for p, x in out.items():
         assert torch.allclose(x, x_star.expand_as(x), atol=1e-4), p
@@ -75,10 +75,10 @@ def test_loss_regresses_the_declared_target(prediction):
     x0, noise = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
     t = torch.tensor([3, 30, 60, 90])
     oracle = _DiracOracle(x0[:1], s, prediction)   # exact for image 0 only
-    loss = diffusion_loss(oracle, s, x0[:1], t[:1], noise[:1], prediction=prediction)
+    loss = DiffusionLoss(s, prediction)(oracle, x0[:1], t[:1], noise[:1])
     assert float(loss) < 1e-10
     with pytest.raises(ValueError, match="Min-SNR|min_snr"):
-        diffusion_loss(oracle, s, x0, t, noise, min_snr_gamma=5.0, prediction=prediction)
+        DiffusionLoss(s, prediction, min_snr_gamma=5.0)
 
 
 def test_time_at_the_input_only():
@@ -121,7 +121,7 @@ def test_configs_written_before_the_switches_still_load():
 def test_recalibrated_batchnorm_statistics_are_those_of_the_data():
     """After recalibration each BatchNorm layer's running mean and variance are the plain averages of the batch
     statistics its own weights produce on training-like inputs (here: the first layer, computed by hand)."""
-    from ddpm_lib.training import recalibrate_batchnorm
+    from ddpm_lib.ema import recalibrate_batchnorm
 
     torch.manual_seed(0)
     s = make_schedule("linear", 100)
@@ -151,7 +151,10 @@ def test_an_exported_batchnorm_model_carries_statistics_of_its_own_weights(tmp_p
     recomputes them for the EMA weights (exactly what recalibrate_batchnorm gives the training state's EMA model),
     while the training state keeps the copied ones."""
     from ddpm_lib.checkpoint import load_checkpoint
-    from ddpm_lib.training import MODEL_FILE, STATE_FILE, TrainConfig, load_train_state_model, recalibrate_batchnorm, train
+    from ddpm_lib.checkpoint import MODEL_FILE, STATE_FILE, load_train_state_model
+    from ddpm_lib.ema import recalibrate_batchnorm
+    from ddpm_lib.presets import TrainConfig
+    from ddpm_lib.training import train
 
     s = make_schedule("linear", 100)
     data = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ddpm_lib.models import ModelConfig, build_model
-from ddpm_lib.sampling import ddim_sample, ddim_timesteps, ddpm_sample, p_sample
+from ddpm_lib.sampling import (SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, p_sample, p_step,
+                               record_trajectory, sample)
 from ddpm_lib.schedule import make_schedule
 
 
@@ -101,7 +102,8 @@ def test_ddpm_sample_is_deterministic_given_seed():
     assert a.shape == (3, 1, 28, 28)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
-    x0, traj = ddpm_sample(m, s, 2, seed=7, record_every=5)
+    record, traj = record_trajectory(5)
+    x0 = ddpm_sample(m, s, 2, seed=7, callback=record)
     assert [t for t, _ in traj] == [20, 15, 10, 5, 0]
     assert torch.equal(traj[-1][1], x0)
 
@@ -125,9 +127,8 @@ def test_ddim_eta1_all_steps_is_ddpm_with_beta_tilde():
     torch.manual_seed(0)
     m = build_model(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=30)
     s = make_schedule("linear", 30)
-    fp32 = {"precision": "fp32", "channels_last": False}
-    a = ddpm_sample(m, s, 2, seed=3, variance="beta_tilde", **fp32)
-    b = ddim_sample(m, s, 2, steps=30, eta=1.0, seed=3, **fp32)
+    a = ddpm_sample(m, s, 2, seed=3, variance="beta_tilde")          # fp32, contiguous: the default numerics
+    b = ddim_sample(m, s, 2, steps=30, eta=1.0, seed=3)
     # two formulas for one step: equal up to float rounding, which an untrained net (values in the
     # thousands) magnifies; so the tolerance is relative to the largest value
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * a.abs().max().item())
@@ -147,3 +148,51 @@ def test_sampler_rejects_mismatched_schedule_and_bad_variance():
         ddpm_sample(m, make_schedule("linear", 1000), 1)
     with pytest.raises(ValueError, match="unknown variance 'large'"):
         ddpm_sample(m, make_schedule("linear", 100), 1, variance="large")
+
+
+@pytest.mark.parametrize("variance", ["beta", "beta_tilde", "none"])
+@pytest.mark.parametrize("clip_x0", [False, True])
+def test_p_step_is_p_sample_given_the_networks_output(variance, clip_x0):
+    """p_step takes eps_theta(x_t, t), not the network: with the same eps and z it is p_sample, bit for bit."""
+    s = make_schedule("cosine", 50)
+    torch.manual_seed(0)
+    m = build_model(base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention=False, num_timesteps=50,
+                    image_size=8).eval()
+    x_t, z, t = torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), torch.tensor([0, 17, 49])
+    with torch.no_grad():
+        eps = m(x_t, t)
+    assert torch.equal(p_step(x_t, eps, t, s, variance, z, clip_x0),
+                       p_sample(m, s, x_t, t, noise=z, variance=variance, clip_x0=clip_x0))
+
+
+def test_callback_sees_every_state_and_the_trajectory_keeps_the_first_batch():
+    s = make_schedule("cosine", 12)
+    m = ConstantEps(0.1, 12)
+    seen = []
+    x = ddpm_sample(m, s, 5, seed=0, batch_size=3, steps=6, callback=lambda i, x: seen.append((i, x.shape[0])))
+    assert seen == [(i, 3) for i in range(6, -1, -1)] + [(i, 2) for i in range(6, -1, -1)]  # x_K first, then x_i
+    record, traj = record_trajectory(4)
+    y = ddpm_sample(m, s, 5, seed=0, batch_size=3, callback=record)
+    assert [t for t, _ in traj] == [12, 8, 4, 0] and all(x.shape[0] == 3 for _, x in traj)
+    assert torch.equal(traj[-1][1], y[:3])
+    for sampler in ("ddim", "dpmpp"):
+        record, traj = record_trajectory(1)
+        z = sample(m, s, 2, sampler, 3, seed=0, callback=record)
+        assert [t for t, _ in traj] == [3, 2, 1, 0] and torch.equal(traj[-1][1], z)
+
+
+def test_sample_checks_steps_and_options_against_the_registry():
+    s = make_schedule("linear", 40)
+    m = ConstantEps(0.0, 40)
+    assert {k: (v.default_steps(1000), v.max_steps(1000)) for k, v in SAMPLERS.items()} == {
+        "ddpm": (1000, 1000), "ddim": (50, 1000), "dpmpp": (20, 500), "dpmpp-sde": (20, 500)}
+    assert SAMPLERS["ddpm"].defaults() == {"variance": "beta", "clip_x0": False}
+    with pytest.raises(ValueError, match="sampler 'ddpm' takes no option 'eta': its options are variance, clip_x0"):
+        sample(m, s, 1, "ddpm", eta=0.5)
+    with pytest.raises(ValueError, match="steps must be between 1 and 20 for sampler 'dpmpp-sde'"):
+        sample(m, s, 1, "dpmpp-sde", 21)
+    with pytest.raises(TypeError, match="record_every.*record_trajectory"):
+        ddpm_sample(m, s, 1, record_every=5)
+    # the default steps of every sampler are what its function does without steps
+    for name, fn in (("ddim", ddim_sample), ("ddpm", ddpm_sample)):
+        assert torch.equal(sample(m, s, 2, name, seed=1), fn(m, s, 2, seed=1))

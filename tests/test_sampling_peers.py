@@ -47,7 +47,7 @@ def _peer_loop(scheduler, model, x, noises=None, **step_kwargs):
 
 
 def _ours_kwargs():
-    return dict(precision="fp32", channels_last=False, batch_size=64)
+    return dict(batch_size=64)
 
 
 @pytest.mark.parametrize("steps", [10, 25])

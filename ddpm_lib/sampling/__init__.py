@@ -1,52 +1,114 @@
 """Reverse process: drawing new images with a trained eps_theta.
 
-* :mod:`.ddpm` -- Algorithm 2 of Ho et al. (2020), ancestral sampling (``p_sample``,
-  ``ddpm_sample``), also on a respaced schedule;
+* :mod:`.ddpm` -- Algorithm 2 of Ho et al. (2020), ancestral sampling: the pure step ``p_step``,
+  ``p_sample`` (network + step), ``ddpm_sample``, also on a respaced schedule;
 * :mod:`.ddim` -- DDIM (Song et al. 2021): ``ddim_step``, ``ddim_sample``, inversion;
-* :mod:`.dpm_solver` -- DPM-Solver++(2M) and its SDE variant (Lu et al. 2022);
-* :mod:`._loop` -- what they share: batches, seeds, numerics, class labels.
+* :mod:`.dpm_solver` -- DPM-Solver++(2M) and its SDE variant (Lu et al. 2022): ``dpm_solver_pp_step``,
+  ``dpm_solver_sample``;
+* :mod:`.cold` -- cold diffusion's sampler (Bansal et al. 2022);
+* :mod:`._loop` -- what they share: batches, seeds, numerics, class labels, progress and callback, the
+  *run options* of :func:`run_batches` that every sampler takes as ``**run`` and passes through.
 
-:func:`sample` picks one by name (the CLI's ``--sampler``).
+Every sampler returns the images, a float tensor (n, C, H, W) on the CPU; the states of the chain
+come through the ``callback`` run option (:func:`record_trajectory` keeps them).
+
+:data:`SAMPLERS` is the registry of the samplers :func:`sample` picks by name (the CLI's
+``--sampler``): for each, its function, its default and largest number of steps, and the options
+it takes besides the run options. Cold diffusion's :func:`cold_sample` is not in it: it samples a
+different process (a blur :class:`~ddpm_lib.cold.BlurDegradation`, not a
+:class:`~ddpm_lib.schedule.DiffusionSchedule`), starts from a grey-level mixture fitted to training
+images that no checkpoint carries, and always runs all T steps.
 """
 
 from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..schedule import DiffusionSchedule
-from ._loop import BatchContext, EpsFromPrediction, as_eps_model, run_batches, sampling_numerics
-from .ddim import DDIMStep, ddim_invert, ddim_sample, ddim_step, ddim_timesteps, slerp
-from .ddpm import VARIANCES, ddpm_sample, p_mean, p_sample, respace
-from .dpm_solver import dpm_solver_pp_step, dpm_solver_sample, dpm_solver_timesteps
+from ._loop import (RUN_DEFAULTS, RUN_OPTIONS, BatchContext, EpsFromPrediction, as_eps_model, record_trajectory,
+                    run_batches)
+from .cold import cold_sample
+from .ddim import DDIMStep, ddim_default_steps, ddim_invert, ddim_sample, ddim_step, ddim_timesteps, slerp
+from .ddpm import VARIANCES, ddpm_sample, p_mean, p_sample, p_step, respace
+from .dpm_solver import (dpm_solver_default_steps, dpm_solver_max_steps, dpm_solver_pp_step, dpm_solver_sample,
+                         dpm_solver_timesteps)
 
-#: the samplers :func:`sample` and the CLI know, with what ``steps`` means for each
-SAMPLERS = {
-    "ddpm": "Algorithm 2 (Ho et al. 2020); steps < T runs it on a respaced schedule (Nichol & Dhariwal 2021)",
-    "ddim": "DDIM (Song et al. 2021), eta = 0 by default: deterministic",
-    "dpmpp": "DPM-Solver++(2M) (Lu et al. 2022): second-order multistep ODE solver",
-    "dpmpp-sde": "SDE-DPM-Solver++(2M) (Lu et al. 2022): its stochastic variant",
-}
+
+@dataclass(frozen=True)
+class Sampler:
+    """One entry of :data:`SAMPLERS`: how :func:`sample` (and the CLI) call a sampler.
+
+    ``fn(model, schedule, n, steps=steps, **options, **run)`` draws the images; ``default_steps(T)``
+    and ``max_steps(T)`` give its default and largest number of network evaluations for a schedule of
+    T steps (the smallest is 1); ``options`` names the keyword arguments it takes besides the run
+    options (:data:`RUN_OPTIONS`), their defaults those of ``fn`` (:meth:`defaults`).
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    about: str
+    default_steps: Callable[[int], int]
+    max_steps: Callable[[int], int]
+    options: tuple[str, ...]
+
+    def defaults(self) -> dict:
+        """``{option: its default}``, read from the signature of ``fn``."""
+        params = inspect.signature(self.fn).parameters
+        return {name: params[name].default for name in self.options}
+
+    def check_steps(self, steps: int, T: int) -> None:
+        if not 1 <= steps <= self.max_steps(T):
+            raise ValueError(f"steps must be between 1 and {self.max_steps(T)} for sampler {self.name!r} "
+                             f"(T={T}), got {steps}")
+
+
+#: the samplers :func:`sample` and the CLI know, by name
+SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
+    Sampler("ddpm", ddpm_sample,
+            "Algorithm 2 (Ho et al. 2020); steps < T runs it on a respaced schedule (Nichol & Dhariwal 2021)",
+            default_steps=lambda T: T, max_steps=lambda T: T, options=("variance", "clip_x0")),
+    Sampler("ddim", ddim_sample, "DDIM (Song et al. 2021), eta = 0 by default: deterministic",
+            default_steps=ddim_default_steps, max_steps=lambda T: T, options=("eta", "clip_x0")),
+    Sampler("dpmpp", dpm_solver_sample, "DPM-Solver++(2M) (Lu et al. 2022): second-order multistep ODE solver",
+            default_steps=dpm_solver_default_steps, max_steps=dpm_solver_max_steps, options=("order", "clip_x0")),
+    Sampler("dpmpp-sde", partial(dpm_solver_sample, stochastic=True),
+            "SDE-DPM-Solver++(2M) (Lu et al. 2022): its stochastic variant",
+            default_steps=dpm_solver_default_steps, max_steps=dpm_solver_max_steps, options=("order", "clip_x0")),
+)}
 
 
 def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str = "ddpm", steps: int | None = None,
-           **kwargs) -> torch.Tensor:
+           **options) -> torch.Tensor:
     """Draw ``n`` images with the sampler called ``sampler`` (a key of :data:`SAMPLERS`) in ``steps`` network calls.
 
-    ``steps`` defaults to T for ``ddpm``, 50 for ``ddim`` and 20 for the DPM-Solvers; ``kwargs`` go to the sampler
-    (``seed``, ``batch_size``, ``class_labels``, ``guidance``, ``eta`` for ddim, ``variance`` for ddpm, ...).
+    ``steps`` defaults to the sampler's ``default_steps(T)`` (T for ddpm, 50 for ddim, 20 for the
+    DPM-Solvers) and must lie between 1 and its ``max_steps(T)``. ``options``: the sampler's own
+    (e.g. ``variance`` for ddpm, ``eta`` for ddim, ``clip_x0``) and the run options of
+    :func:`run_batches` (``seed``, ``batch_size``, ``class_labels``, ``guidance``, ...); anything
+    else is refused with the list of what this sampler takes.
     """
-    if sampler == "ddpm":
-        return ddpm_sample(model, schedule, n, steps=steps, **kwargs)
-    if sampler == "ddim":
-        return ddim_sample(model, schedule, n, steps=steps or 50, **kwargs)
-    if sampler in ("dpmpp", "dpmpp-sde"):
-        return dpm_solver_sample(model, schedule, n, steps=steps or 20, stochastic=sampler == "dpmpp-sde", **kwargs)
-    raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    entry = SAMPLERS[sampler]
+    unknown = [k for k in options if k not in entry.options and k not in RUN_OPTIONS]
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes no option {', '.join(map(repr, unknown))}: its options are "
+                         f"{', '.join(entry.options)}, and the run options {', '.join(RUN_OPTIONS)}")
+    steps = entry.default_steps(schedule.T) if steps is None else steps
+    entry.check_steps(steps, schedule.T)
+    return entry.fn(model, schedule, n, steps=steps, **options)
 
 
 __all__ = [
-    "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "as_eps_model", "ddim_invert",
-    "ddim_sample", "ddim_step", "ddim_timesteps", "ddpm_sample", "dpm_solver_pp_step", "dpm_solver_sample",
-    "dpm_solver_timesteps", "p_mean", "p_sample", "respace", "run_batches", "sample", "sampling_numerics", "slerp",
+    "RUN_DEFAULTS", "RUN_OPTIONS", "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "Sampler",
+    "as_eps_model", "cold_sample", "ddim_default_steps", "ddim_invert", "ddim_sample", "ddim_step", "ddim_timesteps",
+    "ddpm_sample", "dpm_solver_default_steps", "dpm_solver_max_steps", "dpm_solver_pp_step", "dpm_solver_sample",
+    "dpm_solver_timesteps", "p_mean", "p_sample", "p_step",
+    "record_trajectory", "respace", "run_batches", "sample", "slerp",
 ]

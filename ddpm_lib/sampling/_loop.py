@@ -4,19 +4,22 @@ A sampler is a function ``body(ctx, x_T) -> x_0`` for one batch; :func:`run_batc
 draws x_T for each batch (or takes the caller's), builds the network the body
 calls (the model itself or, with class labels, a
 :class:`~ddpm_lib.guidance.ClassifierFreeGuidance` wrapper of it), runs the body
-under the chosen numerics and concatenates the results on the CPU.
+under the given numerics and concatenates the results on the CPU. Its keyword
+arguments, the *run options* (:data:`RUN_OPTIONS`), are documented there once;
+every sampler takes them as ``**run`` and passes them through.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from ..guidance import ClassifierFreeGuidance, check_class_labels
-from ..numerics import Numerics, choose_numerics
+from ..numerics import Numerics
 from ..schedule import DiffusionSchedule
 
 
@@ -46,27 +49,6 @@ def as_eps_model(model: nn.Module, schedule) -> nn.Module:
     return EpsFromPrediction(model, schedule)
 
 
-def sampling_numerics(
-    model: nn.Module,
-    device: torch.device | str,
-    batch_size: int,
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    image_shape: tuple | None = None,
-) -> Numerics:
-    """The precision and memory format the samplers run ``model`` with.
-
-    ``precision="auto"`` and ``channels_last=None`` (the defaults) pick the
-    fastest variant for this model, device and batch size, measured once and
-    cached (:func:`ddpm_lib.numerics.choose_numerics`); ``"fp32"``/``"bf16"``
-    and ``True``/``False`` force a choice. bf16 autocast draws images that
-    differ from fp32's by about 0.002 per pixel (``bench/sample_throughput.py
-    --agreement``); forced fp32 is what the tests that compare exact values use.
-    """
-    return choose_numerics(model, device=device, purpose="sample", batch_size=batch_size, precision=precision,
-                           channels_last=channels_last, image_shape=image_shape)
-
-
 @dataclass
 class BatchContext:
     """What a sampler's body needs for one batch."""
@@ -78,6 +60,9 @@ class BatchContext:
     generator: torch.Generator        # every random draw of the body comes from here, in a fixed order
     shape: tuple                      # (B, C, H, W) of this batch
     start: int                        # index of the batch's first image among the n
+    n: int = 0                        # images in the whole draw (for the progress bar)
+    progress: bool = False
+    callback: Callable[[int, torch.Tensor], None] | None = None
 
     def output(self, x: torch.Tensor, t: int) -> torch.Tensor:
         """The network's output in float32 for the whole batch at the integer timestep ``t``."""
@@ -92,6 +77,25 @@ class BatchContext:
     def randn(self) -> torch.Tensor:
         """A fresh N(0, I) draw shaped like the batch, from the seeded CPU generator, on the device."""
         return torch.randn(self.shape, generator=self.generator).to(self.device)
+
+    def report(self, i: int, x: torch.Tensor) -> None:
+        """Hand the chain's state i to the run's ``callback`` (see :func:`run_batches`), if there is one."""
+        if self.callback is not None:
+            self.callback(i, x)
+
+    def countdown(self, k: int, x_T: torch.Tensor) -> Iterable[int]:
+        """The loop of a k-step sampler: i = k - 1, ..., 0, one step each from the chain's state i + 1 to state i.
+
+        Reports x_T as state k first; the body reports each new state (``report(i, x)``). With ``progress``,
+        a progress bar.
+        """
+        self.report(k, x_T)
+        steps: Iterable[int] = range(k - 1, -1, -1)
+        if self.progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"sampling {self.start + self.shape[0]}/{self.n}", leave=False)
+        return steps
 
 
 def image_shape_of(model: nn.Module, schedule: DiffusionSchedule, image_shape: tuple | None) -> tuple:
@@ -134,19 +138,37 @@ def run_batches(
     image_shape: tuple | None = None,
     device: torch.device | str | None = None,
     batch_size: int = 500,
-    precision: str = "auto",
-    channels_last: bool | None = None,
+    numerics: Numerics | None = None,
     class_labels=None,
     guidance: float = 0.0,
     x_T: torch.Tensor | None = None,
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Draw ``n`` images in batches of ``batch_size`` with ``body``; returns (n, C, H, W) on the CPU.
 
-    Random draws come from one generator (``seed`` or ``generator``) in a fixed
-    order: per batch, x_T first (unless ``x_T`` is given), then whatever the body
-    draws. ``class_labels`` (an int for all images, or one per image) and
-    ``guidance`` = w make every call of the network a classifier-free guided one
-    (:mod:`ddpm_lib.guidance`).
+    Its keyword arguments are the *run options*: every sampler of :mod:`ddpm_lib.sampling` takes them
+    (as ``**run``) and passes them here unchanged; this is the one place they are documented.
+
+    * ``seed`` or ``generator``: every random draw comes from this one generator (``seed=None``: seed 0),
+      in a fixed order: per batch, x_T first (unless ``x_T`` is given), then whatever the sampler draws
+      (Algorithm 2 and DDIM: one z per step). The same seed and ``batch_size`` give the same images.
+    * ``x_T``: start from these (n, C, H, W) instead of drawing x_T ~ N(0, I) (e.g. from ``ddim_invert``).
+    * ``image_shape``: (C, H, W), for a network without a ``config`` to read it from.
+    * ``device``: where the network runs (default: where its parameters are).
+    * ``batch_size``: images per batch; it fixes the order of the random draws, like the seed.
+    * ``numerics``: the precision and memory format of the network (:class:`~ddpm_lib.numerics.Numerics`;
+      default fp32, contiguous: the arithmetic the equations describe). The fastest pair for a machine
+      is measured by :func:`ddpm_lib.numerics.choose_numerics` (the command line and each chapter's
+      setup cell call it once and pass the answer here); bf16 autocast draws images that differ from
+      fp32's by about 0.002 per pixel (``bench/sample_throughput.py --agreement``).
+    * ``class_labels`` (an int for all images, or one per image) and ``guidance`` = w: every call of the
+      network is a classifier-free guided one (:mod:`ddpm_lib.guidance`).
+    * ``progress``: a progress bar per batch.
+    * ``callback(i, x_i)``: called with every state of the chain of every batch: x_T as state i = K (the
+      sampler's number of steps) first, then the state after each step, down to the image, state 0. For
+      Algorithm 2 over all T steps, ``i`` is the paper's index of x_i. ``x_i`` is the batch's float32
+      tensor on the device; copy it to keep it (:func:`record_trajectory` does).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -161,7 +183,7 @@ def run_batches(
     device = torch.device(device)
     if generator is None:
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    numerics = sampling_numerics(model, device, min(batch_size, n), precision, channels_last, shape)
+    numerics = numerics if numerics is not None else Numerics()
     eps_model = as_eps_model(model, schedule)      # samplers call an eps-predictor, whatever the network predicts
     was_training = model.training
     model.eval()
@@ -173,8 +195,50 @@ def run_batches(
                 x = torch.randn((b, *shape), generator=generator) if x_T is None else x_T[start:start + b].float()
                 x = x.to(device).contiguous(memory_format=numerics.memory_format)
                 net = eps_model if labels is None else ClassifierFreeGuidance(eps_model, labels[start:start + b], guidance)
-                ctx = BatchContext(net, numerics, device, generator, (b, *shape), start)
+                ctx = BatchContext(net, numerics, device, generator, (b, *shape), start, n, progress, callback)
                 outputs.append(body(ctx, x).cpu().contiguous())
     finally:
         model.train(was_training)
     return torch.cat(outputs)
+
+
+#: the run options (the keyword arguments of :func:`run_batches`), which every sampler passes through, and
+#: their defaults
+RUN_DEFAULTS: dict = {name: p.default for name, p in inspect.signature(run_batches).parameters.items()
+                      if p.kind is p.KEYWORD_ONLY}
+RUN_OPTIONS: tuple[str, ...] = tuple(RUN_DEFAULTS)
+
+
+def check_run_options(run: dict, who: str) -> dict:
+    """``run`` itself if it holds only run options; else a TypeError that names what ``who`` takes."""
+    unknown = [k for k in run if k not in RUN_OPTIONS]
+    if unknown:
+        hint = ("; for the states of the chain, pass callback=record_trajectory(k)[0]"
+                if "record_every" in unknown else "")
+        raise TypeError(f"{who}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}: besides its "
+                        f"own options it takes the run options {', '.join(RUN_OPTIONS)} (see run_batches){hint}")
+    return run
+
+
+def record_trajectory(every: int) -> tuple[Callable[[int, torch.Tensor], None], list]:
+    """A ``callback`` for any sampler that keeps states of the chain of the first batch, and the list it fills.
+
+    ``record, trajectory = record_trajectory(k)``; after ``ddpm_sample(..., callback=record)``,
+    ``trajectory`` holds ``(i, x_i)`` pairs on the CPU: (K, x_T) first, then every state whose index i is a
+    multiple of ``k``, down to (0, x_0). For plotting the reverse chain.
+    """
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    trajectory: list[tuple[int, torch.Tensor]] = []
+    start, done = None, False                          # the index of the chain's first state; the first batch ended
+
+    def record(i: int, x: torch.Tensor) -> None:
+        nonlocal start, done
+        if start is None:
+            start = i
+        elif i == start:                               # the chain starts again: the next batch, not recorded
+            done = True
+        if not done and (i == start or i % every == 0):
+            trajectory.append((i, x.cpu().clone()))
+
+    return record, trajectory

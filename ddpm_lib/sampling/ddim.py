@@ -27,7 +27,12 @@ import torch
 from torch import nn
 
 from ..schedule import DiffusionSchedule
-from ._loop import BatchContext, run_batches
+from ._loop import BatchContext, check_run_options, run_batches
+
+
+def ddim_default_steps(T: int) -> int:
+    """The number of steps DDIM takes unless told: 50, or T if that is fewer."""
+    return min(50, T)
 
 
 def ddim_timesteps(T: int, steps: int) -> torch.Tensor:
@@ -82,44 +87,38 @@ def ddim_sample(
     model: nn.Module,
     schedule: DiffusionSchedule,
     n: int,
-    steps: int = 50,
+    steps: int | None = None,
     eta: float = 0.0,
     *,
     timesteps=None,
     clip_x0: bool = False,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    batch_size: int = 500,
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    image_shape: tuple | None = None,
-    class_labels=None,
-    guidance: float = 0.0,
-    x_T: torch.Tensor | None = None,
+    **run,
 ) -> torch.Tensor:
     """DDIM sampling over ``steps`` of the T timesteps (Song et al. 2021, Eq. 12), see :func:`ddim_step`.
 
-    ``timesteps`` (optional): the exact 0-based timesteps to visit (any order;
-    default :func:`ddim_timesteps`). Random draws: x_T, then one z per step
-    (drawn even when ``eta = 0``, so the same seed gives the same x_T for
-    every eta). ``x_T``: start from these (n, C, H, W) instead (e.g. from
-    :func:`ddim_invert`). ``class_labels``, ``guidance``: classifier-free
-    guidance. ``precision``, ``channels_last``: see :func:`sampling_numerics`.
+    ``steps`` defaults to :func:`ddim_default_steps` (50). ``timesteps`` (optional): the
+    exact 0-based timesteps to visit (any order; default :func:`ddim_timesteps`). ``eta``,
+    ``clip_x0``: see the module docstring. ``run``: the run options (seed, batch_size,
+    numerics, class labels, x_T, progress, callback, ...), documented once in
+    :func:`~ddpm_lib.sampling.run_batches`. Random draws per batch: x_T, then one z per
+    step (drawn even when ``eta = 0``, so the same seed gives the same x_T for every eta).
     """
-    tau = _increasing(timesteps, schedule.T) if timesteps is not None else ddim_timesteps(schedule.T, steps).tolist()
+    check_run_options(run, "ddim_sample")
+    if timesteps is not None:
+        tau = _increasing(timesteps, schedule.T)
+    else:
+        tau = ddim_timesteps(schedule.T, ddim_default_steps(schedule.T) if steps is None else steps).tolist()
     ab = schedule.alpha_bars
 
     def body(ctx: BatchContext, x: torch.Tensor) -> torch.Tensor:
-        for i in range(len(tau) - 1, -1, -1):
+        for i in ctx.countdown(len(tau), x):
             eps = ctx.eps(x, tau[i])
             z = ctx.randn()
             x = ddim_step(x, eps, float(ab[tau[i]]), float(ab[tau[i - 1]]) if i > 0 else 1.0, eta, z, clip_x0).prev_sample
+            ctx.report(i, x)
         return x
 
-    return run_batches(model, schedule, n, body, generator=generator, seed=seed, image_shape=image_shape,
-                       device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
-                       class_labels=class_labels, guidance=guidance, x_T=x_T)
+    return run_batches(model, schedule, n, body, **run)
 
 
 @torch.no_grad()
@@ -128,13 +127,7 @@ def ddim_invert(
     schedule: DiffusionSchedule,
     x0: torch.Tensor,
     steps: int = 50,
-    *,
-    device: torch.device | str | None = None,
-    batch_size: int = 500,
-    precision: str = "fp32",
-    channels_last: bool | None = False,
-    class_labels=None,
-    guidance: float = 0.0,
+    **run,
 ) -> torch.Tensor:
     """Encode images x_0 (n, C, H, W) in [-1, 1] into x_T with the deterministic DDIM step run forwards.
 
@@ -143,25 +136,28 @@ def ddim_invert(
     2021, appendix F):  x_t = sqrt(alpha_bar_t) x0_pred + sqrt(1 - alpha_bar_t) eps.
     :func:`ddim_sample` with the same ``steps`` and ``eta = 0`` decodes x_T back
     to (nearly) x_0; the small mismatch is the price of that substitution.
-    Defaults to fp32, where the round trip is most faithful.
+    fp32 (the run options' default) is where the round trip is most faithful. ``run``: the run options of
+    :func:`~ddpm_lib.sampling.run_batches` but ``seed``, ``generator``, ``x_T`` and ``image_shape``
+    (nothing is drawn; x_0 is the start); the callback sees the states from x_0 (state 0) up to x_T.
     """
+    check_run_options(run, "ddim_invert")
     tau = ddim_timesteps(schedule.T, steps).tolist()
     ab = schedule.alpha_bars
     x0 = x0.float()
 
     def body(ctx: BatchContext, x: torch.Tensor) -> torch.Tensor:
         ab_s = 1.0                       # start at the clean image
+        ctx.report(0, x)
         for i, t in enumerate(tau):
             eps = ctx.eps(x, tau[max(i - 1, 0)])   # at the current point's timestep (tau_1 for the clean image)
             ab_t = float(ab[t])
             x0_pred = (x - math.sqrt(1 - ab_s) * eps) / math.sqrt(ab_s)
             x = math.sqrt(ab_t) * x0_pred + math.sqrt(1 - ab_t) * eps
             ab_s = ab_t
+            ctx.report(i + 1, x)
         return x
 
-    return run_batches(model, schedule, len(x0), body, image_shape=tuple(x0.shape[1:]), device=device,
-                       batch_size=batch_size, precision=precision, channels_last=channels_last,
-                       class_labels=class_labels, guidance=guidance, x_T=x0)
+    return run_batches(model, schedule, len(x0), body, image_shape=tuple(x0.shape[1:]), x_T=x0, **run)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:

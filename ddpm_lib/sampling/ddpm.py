@@ -1,6 +1,6 @@
 """Algorithm 2 of Ho et al. (2020): ancestral sampling, one reverse step at a time.
 
-One reverse step, :func:`p_sample`, computes
+One reverse step, :func:`p_step` (given eps_theta(x_t, t); :func:`p_sample` calls the network first), computes
 
     x_{t-1} = 1/sqrt(alpha_t) * (x_t - beta_t / sqrt(1 - alpha_bar_t) * eps_theta(x_t, t)) + sigma_t z
 
@@ -9,8 +9,9 @@ variance (section 3.2), selected here by ``variance``:
 
 * ``"beta"``        -- sigma_t^2 = beta_t            (optimal for x_0 ~ N(0, I))
 * ``"beta_tilde"``  -- sigma_t^2 = beta_tilde_t (Eq. 7, optimal for a single fixed x_0)
-* ``"none"``        -- sigma_t = 0: the origin project's simplification, which drops
-                       the noise term. It is *not* DDPM; the sampling chapter shows what it does.
+* ``"none"``        -- sigma_t = 0: a tempting simplification (the first design this book grew
+                       from made it) that drops the noise term. It is *not* DDPM; the sampling
+                       chapter shows what it does.
 
 ``clip_x0=True`` does what the paper's released code does when it samples
 (``clip_denoised``; diffusers calls it ``clip_sample``): it clips the prediction
@@ -29,15 +30,14 @@ so that the same network takes K larger steps.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from ..schedule import DiffusionSchedule, _extract
-from ._loop import BatchContext, as_eps_model, run_batches
+from ._loop import BatchContext, as_eps_model, check_run_options, run_batches
 from .ddim import ddim_timesteps
 
+#: the choices of sigma_t^2 (the module docstring)
 VARIANCES = ("beta", "beta_tilde", "none")
 
 
@@ -51,6 +51,17 @@ def _sigma(schedule: DiffusionSchedule, t: torch.Tensor, x: torch.Tensor, varian
     raise ValueError(f"unknown variance {variance!r}: expected one of {', '.join(VARIANCES)}")
 
 
+def _mu(x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, schedule: DiffusionSchedule,
+        clip_x0: bool) -> torch.Tensor:
+    """mu_theta(x_t, t) from eps = eps_theta(x_t, t): Eq. 11; with ``clip_x0``, Eq. 7's mu_tilde(x_t, clip(x0_hat))."""
+    eps = eps.to(x_t.dtype)
+    if clip_x0:
+        x0_hat = schedule.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
+        return schedule.q_posterior(x0_hat, x_t, t)[0]
+    eps_coef = _extract(schedule.betas / schedule.sqrt_one_minus_alpha_bars, t, x_t)  # float64, then cast
+    return (x_t - eps_coef * eps) * _extract(1.0 / torch.sqrt(schedule.alphas), t, x_t)
+
+
 def p_mean(
     model: nn.Module, schedule: DiffusionSchedule, x_t: torch.Tensor, t: torch.Tensor, clip_x0: bool = False
 ) -> torch.Tensor:
@@ -59,12 +70,37 @@ def p_mean(
     With ``clip_x0``: mu_tilde(x_t, clip(x0_hat, -1, 1)) (Eq. 7), see the module docstring.
     """
     t = schedule.check_timesteps(t, batch=x_t.shape[0])
-    eps = as_eps_model(model, schedule)(x_t, t).to(x_t.dtype)   # a network predicting x0 or v, converted to eps
-    if clip_x0:
-        x0_hat = schedule.predict_x0(x_t, t, eps).clamp(-1.0, 1.0)
-        return schedule.q_posterior(x0_hat, x_t, t)[0]
-    eps_coef = _extract(schedule.betas / schedule.sqrt_one_minus_alpha_bars, t, x_t)  # float64, then cast
-    return (x_t - eps_coef * eps) * _extract(1.0 / torch.sqrt(schedule.alphas), t, x_t)
+    eps = as_eps_model(model, schedule)(x_t, t)   # a network predicting x0 or v, converted to eps
+    return _mu(x_t, eps, t, schedule, clip_x0)
+
+
+def p_step(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    t: torch.Tensor,
+    schedule: DiffusionSchedule,
+    variance: str = "beta",
+    noise: torch.Tensor | None = None,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """One reverse step x_t -> x_{t-1} given eps = eps_theta(x_t, t): line 4 of Algorithm 2.
+
+        x_{t-1} = mu_theta(x_t, t) + sigma_t z,
+        mu_theta = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps)                          (Eq. 11)
+
+    or, with ``clip_x0``, mu_tilde(x_t, clip(x0_hat, -1, 1)) of Eq. 7 (see the module docstring).
+    ``t`` holds zero-indexed timesteps of shape (B,); where ``t == 0`` (the paper's t = 1) no noise
+    is added. ``variance`` picks sigma_t^2 (:data:`VARIANCES`); ``noise`` is z (default: a fresh
+    ``torch.randn_like`` draw). Pure: it takes the network's output, not the network, like
+    :func:`~ddpm_lib.sampling.ddim_step`; same role as diffusers' ``DDPMScheduler.step``.
+    """
+    t = schedule.check_timesteps(t, batch=x_t.shape[0])
+    if noise is None:
+        noise = torch.randn_like(x_t)
+    mean = _mu(x_t, eps, t, schedule, clip_x0)
+    sigma = _sigma(schedule, t, x_t, variance)
+    nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.device)
+    return mean + nonzero * sigma * noise
 
 
 @torch.no_grad()
@@ -77,20 +113,16 @@ def p_sample(
     variance: str = "beta",
     clip_x0: bool = False,
 ) -> torch.Tensor:
-    """One reverse step x_t -> x_{t-1}: line 4 of Algorithm 2.
+    """One reverse step x_t -> x_{t-1} with the network: eps_theta(x_t, t), then :func:`p_step` (Algorithm 2, line 4).
 
-    ``t`` holds zero-indexed timesteps of shape (B,); where ``t == 0`` (the
-    paper's t = 1) no noise is added. ``noise`` is z; pass it to make the step
-    deterministic. ``clip_x0``: see the module docstring. Same role as
-    diffusers' ``scheduler.step``.
+    ``model`` is called as ``model(x_t, t)`` (a network predicting x0 or v is converted to eps).
+    ``noise``, ``variance``, ``clip_x0``: as in :func:`p_step`.
     """
     t = schedule.check_timesteps(t, batch=x_t.shape[0])
     if noise is None:
         noise = torch.randn_like(x_t)
-    mean = p_mean(model, schedule, x_t, t, clip_x0)
-    sigma = _sigma(schedule, t, x_t, variance)
-    nonzero = (t > 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1))).to(x_t.device)
-    return mean + nonzero * sigma * noise
+    eps = as_eps_model(model, schedule)(x_t, t)
+    return p_step(x_t, eps, t, schedule, variance, noise, clip_x0)
 
 
 def respace(schedule: DiffusionSchedule, timesteps) -> DiffusionSchedule:
@@ -110,93 +142,45 @@ def respace(schedule: DiffusionSchedule, timesteps) -> DiffusionSchedule:
     return DiffusionSchedule(kind=f"{schedule.kind}, respaced to {len(tau)} steps", betas=1.0 - ab / ab_prev)
 
 
-class _RespacedModel(nn.Module):
-    """Calls ``model`` at the original timestep tau_i when a respaced sampler asks for step i."""
-
-    def __init__(self, model: nn.Module, timesteps: torch.Tensor):
-        super().__init__()
-        self.model, self.timesteps = model, timesteps
-
-    def forward(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        return self.model(x, self.timesteps.to(i.device)[i])
-
-
 @torch.no_grad()
 def ddpm_sample(
     model: nn.Module,
     schedule: DiffusionSchedule,
     n: int,
     *,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
     variance: str = "beta",
     clip_x0: bool = False,
     steps: int | None = None,
-    image_shape: tuple[int, int, int] | None = None,
-    device: torch.device | str | None = None,
-    batch_size: int = 500,
-    record_every: int | None = None,
-    progress: bool = False,
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-    class_labels=None,
-    guidance: float = 0.0,
-    x_T: torch.Tensor | None = None,
-):
+    **run,
+) -> torch.Tensor:
     """Draw ``n`` samples with Algorithm 2 over all T steps of ``schedule`` (or ``steps`` of them).
 
-    x_T ~ N(0, I); for t = T..1: x_{t-1} = p_sample(x_t, t); return x_0.
+    x_T ~ N(0, I); for t = T..1: z ~ N(0, I) (z = 0 at t = 1), x_{t-1} = p_step(x_t, eps_theta(x_t, t), t, z);
+    return x_0.
 
-    Reproducible: all noise comes from one generator (``seed`` or ``generator``),
-    drawn in a fixed order (per batch: x_T first, then z for each step), so the
-    same seed and ``batch_size`` give the same images. ``clip_x0``: see the
-    module docstring. ``steps=K < T``: Algorithm 2 on the respaced schedule of K
-    evenly spaced timesteps (:func:`respace`). ``precision`` and
-    ``channels_last``: see :func:`sampling_numerics` (by default the fastest for
-    this machine, measured). ``class_labels`` and ``guidance``: a conditional
-    model guided towards those classes (:mod:`ddpm_lib.guidance`).
-
-    Returns a float tensor (n, C, H, W) in roughly [-1, 1] (not clipped). With
-    ``record_every=k`` it returns ``(x0, trajectory)`` where ``trajectory`` is a
-    list of ``(t, x_t)`` pairs every k steps (and at t = 0) of the first batch,
-    for plotting.
+    ``variance`` (:data:`VARIANCES`) and ``clip_x0``: see the module docstring. ``steps=K < T``:
+    Algorithm 2 on the respaced schedule of K evenly spaced timesteps (:func:`respace`).
+    ``run``: the run options (seed, batch_size, numerics, class labels, x_T, progress, callback, ...),
+    documented once in :func:`~ddpm_lib.sampling.run_batches`; random draws per batch: x_T, then z
+    for each step. Returns a float tensor (n, C, H, W) in roughly [-1, 1] (not clipped). For the
+    intermediate x_t, pass ``callback`` (:func:`~ddpm_lib.sampling.record_trajectory`).
     """
+    check_run_options(run, "ddpm_sample")
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}: expected one of {', '.join(VARIANCES)}")
     if steps is not None and not 1 <= steps <= schedule.T:
         raise ValueError(f"steps must be between 1 and T={schedule.T}, got {steps}")
     respaced = steps is not None and steps != schedule.T
-    if respaced:
-        tau = ddim_timesteps(schedule.T, steps)
-        run_schedule = respace(schedule, tau)
-    else:
-        run_schedule = schedule
-    trajectory = []
+    tau = ddim_timesteps(schedule.T, steps) if respaced else None
+    run_schedule = respace(schedule, tau) if respaced else schedule
 
     def body(ctx: BatchContext, x: torch.Tensor) -> torch.Tensor:
-        net = _RespacedModel(ctx.net, tau) if respaced else ctx.net
-        b = x.shape[0]
-        iterator = range(run_schedule.T - 1, -1, -1)
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(iterator, desc=f"sampling {ctx.start + b}/{n}", leave=False)
-        record = record_every is not None and ctx.start == 0
-        if record:
-            trajectory.append((run_schedule.T, x.cpu().clone()))
-        for i in iterator:
-            t = torch.full((b,), i, dtype=torch.long, device=ctx.device)
+        for i in ctx.countdown(run_schedule.T, x):
+            t = torch.full((x.shape[0],), i, dtype=torch.long, device=ctx.device)
             z = ctx.randn()
-            with ctx.numerics.autocast(ctx.device):
-                x = p_sample(net, run_schedule, x, t, noise=z, variance=variance, clip_x0=clip_x0).float()
-            if record and (i % record_every == 0):
-                trajectory.append((i, x.cpu().clone()))
-            if callback is not None:
-                callback(i, x)
+            eps = ctx.eps(x, int(tau[i]) if respaced else i)      # the network, at the original timestep tau_i
+            x = p_step(x, eps, t, run_schedule, variance, z, clip_x0)
+            ctx.report(i, x)
         return x
 
-    x0 = run_batches(model, schedule, n, body, generator=generator, seed=seed, image_shape=image_shape,
-                     device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
-                     class_labels=class_labels, guidance=guidance, x_T=x_T)
-    return (x0, trajectory) if record_every is not None else x0
+    return run_batches(model, schedule, n, body, **run)

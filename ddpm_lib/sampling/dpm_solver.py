@@ -33,7 +33,18 @@ import torch
 from torch import nn
 
 from ..schedule import DiffusionSchedule
-from ._loop import BatchContext, run_batches
+from ._loop import BatchContext, check_run_options, run_batches
+
+
+def dpm_solver_max_steps(T: int) -> int:
+    """The most steps the solver takes on a schedule of T: T / 2 (so that its timesteps stay distinct)."""
+    return T // 2
+
+
+def dpm_solver_default_steps(T: int) -> int:
+    """The number of steps the solver takes unless told: 20 (Lu et al. 2022: 15 to 20 for guided sampling), or
+    :func:`dpm_solver_max_steps` if that is fewer."""
+    return min(20, dpm_solver_max_steps(T))
 
 
 def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
@@ -42,7 +53,7 @@ def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
     ``linspace(0, T - 1, steps + 1)`` rounded, the last (0) dropped: the final step goes from
     the smallest of them straight to the clean image.
     """
-    if not 1 <= steps <= T // 2:
+    if not 1 <= steps <= dpm_solver_max_steps(T):
         raise ValueError(f"steps must be between 1 and T/2={T // 2} for DPM-Solver++, got {steps}")
     return [int(t) for t in np.linspace(0, T - 1, steps + 1).round()[::-1][:-1]]
 
@@ -90,44 +101,41 @@ def dpm_solver_sample(
     model: nn.Module,
     schedule: DiffusionSchedule,
     n: int,
-    steps: int = 20,
+    steps: int | None = None,
     *,
     order: int = 2,
     stochastic: bool = False,
     timesteps=None,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    batch_size: int = 500,
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    image_shape: tuple | None = None,
-    class_labels=None,
-    guidance: float = 0.0,
-    x_T: torch.Tensor | None = None,
     clip_x0: bool = False,
+    **run,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) with ``steps`` network evaluations (``order=1``: DDIM; ``stochastic``: the SDE variant).
 
-    ``timesteps``: the decreasing 0-based timesteps to evaluate at (default
-    :func:`dpm_solver_timesteps`). Random draws: x_T, then (SDE only) one z per
-    step. ``clip_x0``: clip each data prediction x0_theta to [-1, 1] before the
-    step uses it (the simplest of the thresholding methods that a data-prediction
-    solver admits, Lu et al. 2022b, section 4). ``class_labels``, ``guidance``,
-    ``precision``, ``channels_last``: as in :func:`ddpm_lib.sampling.ddpm_sample`.
+    ``steps`` defaults to :func:`dpm_solver_default_steps` (20). ``timesteps``: the
+    decreasing 0-based timesteps to evaluate at (default :func:`dpm_solver_timesteps`).
+    ``clip_x0``: clip each data prediction x0_theta to [-1, 1] before the step uses it (the
+    simplest of the thresholding methods that a data-prediction solver admits, Lu et al.
+    2022b, section 4). ``run``: the run options (seed, batch_size, numerics, class labels,
+    x_T, progress, callback, ...), documented once in :func:`~ddpm_lib.sampling.run_batches`.
+    Random draws per batch: x_T, then (SDE only) one z per step.
     """
+    check_run_options(run, "dpm_solver_sample")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order}")
-    ts = [int(t) for t in timesteps] if timesteps is not None else dpm_solver_timesteps(schedule.T, steps)
+    if timesteps is not None:
+        ts = [int(t) for t in timesteps]
+    else:
+        ts = dpm_solver_timesteps(schedule.T, dpm_solver_default_steps(schedule.T) if steps is None else steps)
     if any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 0 or ts[0] >= schedule.T:
         raise ValueError(f"timesteps must decrease, within [0, {schedule.T})")
     coefs = [_alpha_sigma_lambda(schedule, t) for t in ts] + [_alpha_sigma_lambda(schedule, None)]
 
     def body(ctx: BatchContext, x: torch.Tensor) -> torch.Tensor:
         x0_prev = None
-        for i, t in enumerate(ts):
+        for left in ctx.countdown(len(ts), x):
+            i = len(ts) - 1 - left                                   # the i-th evaluation, at ts[i]
             alpha_s, sigma_s, _ = coefs[i]
-            x0 = (x - sigma_s * ctx.eps(x, t)) / alpha_s            # data prediction
+            x0 = (x - sigma_s * ctx.eps(x, ts[i])) / alpha_s          # data prediction
             if clip_x0:
                 x0 = x0.clamp(-1.0, 1.0)
             second = order == 2 and i > 0          # the first step has no previous prediction
@@ -135,8 +143,7 @@ def dpm_solver_sample(
             x = dpm_solver_pp_step(x, x0, x0_prev if second else None, coefs[i], coefs[i + 1],
                                    coefs[i - 1] if i > 0 else None, z)
             x0_prev = x0
+            ctx.report(left, x)
         return x
 
-    return run_batches(model, schedule, n, body, generator=generator, seed=seed, image_shape=image_shape,
-                       device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
-                       class_labels=class_labels, guidance=guidance, x_T=x_T)
+    return run_batches(model, schedule, n, body, **run)

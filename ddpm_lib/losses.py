@@ -1,0 +1,97 @@
+"""Training objectives as objects: set up once, called the same way by the training loop.
+
+Every loss here is called as ``loss(model, x0, t, noise, y=None)`` and returns a
+scalar tensor; :func:`ddpm_lib.training.train_step` never asks which one it runs.
+
+* :class:`DiffusionLoss` -- L_simple (Ho et al. 2020, Eq. 14), or the same regression
+  on x0 or v, optionally with Min-SNR-gamma weights;
+* :class:`ColdLoss` -- cold diffusion's restoration loss (Bansal et al. 2022);
+* :func:`make_loss` -- the loss that fits a forward process and a network.
+
+The training loop draws ``noise`` for every objective (a cold run ignores it), so a
+cold run sees the same images and timesteps as a DDPM run with the same seed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cold import BlurDegradation
+from .schedule import DiffusionSchedule
+
+from .models import PREDICTIONS
+
+
+def _forward(model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+    """eps_theta(x_t, t), or eps_theta(x_t, t, y) for a class-conditional network."""
+    return model(x_t, t) if y is None else model(x_t, t, y)
+
+
+class DiffusionLoss:
+    """L_simple (Eq. 14): || target - net(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2, averaged.
+
+    ``prediction`` is what the network outputs (:attr:`ModelConfig.prediction`): ``"eps"``
+    (the paper's target), ``"x0"`` or ``"v"`` (:meth:`DiffusionSchedule.prediction_target`),
+    each regressed unweighted. The mean runs over pixels and images, as in the paper's code.
+
+    With ``min_snr_gamma`` = gamma > 0 (eps only), each image's error is weighted by
+    min(SNR_t, gamma) / SNR_t (Min-SNR-gamma, Hang et al. 2023): timesteps with little
+    noise (SNR_t > gamma) count less, the rest as in L_simple.
+    """
+
+    def __init__(self, schedule: DiffusionSchedule, prediction: str = "eps", min_snr_gamma: float = 0.0):
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+        if min_snr_gamma < 0:
+            raise ValueError(f"min_snr_gamma must be at least 0 (0 turns the weighting off), got {min_snr_gamma}")
+        if min_snr_gamma and prediction != "eps":
+            raise ValueError(f"min_snr_gamma weights are defined here for eps-prediction, not {prediction!r}")
+        self.schedule, self.prediction, self.min_snr_gamma = schedule, prediction, float(min_snr_gamma)
+
+    def __call__(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        x_t = self.schedule.q_sample(x0, t, noise)                                   # Eq. 4, reparameterised
+        out = _forward(model, x_t, t, y).float()
+        target = self.schedule.prediction_target(x0, noise, t, self.prediction)     # eps for L_simple
+        if not self.min_snr_gamma:
+            return F.mse_loss(out, target)
+        per_image = (out - target).pow(2).flatten(1).mean(1)
+        snr = self.schedule.snr
+        weight = snr.clamp(max=self.min_snr_gamma) / snr          # float64 on the CPU, like the schedule
+        return (per_image * weight.to(device=x0.device, dtype=per_image.dtype)[t]).mean()
+
+
+class ColdLoss:
+    """|| R(D(x_0, t), t) - x_0 ||_1, averaged (Bansal et al. 2022, section 3.1, with the L1 norm they train with).
+
+    R is a restoration network (``prediction="x0"``); ``noise`` is accepted and unused.
+    """
+
+    prediction = "x0"
+
+    def __init__(self, degradation: BlurDegradation):
+        self.degradation = degradation
+
+    def __call__(self, model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        out = _forward(model, self.degradation.degrade(x0, t), t, y)
+        return (out.float() - x0.float()).abs().mean()
+
+
+def make_loss(forward_process, prediction: str = "eps", min_snr_gamma: float = 0.0):
+    """The objective for a forward process and what the network predicts.
+
+    A :class:`DiffusionSchedule` trains with :class:`DiffusionLoss`; a cold-diffusion
+    :class:`~ddpm_lib.cold.BlurDegradation` with :class:`ColdLoss`, whose network restores
+    the image (``prediction="x0"``) and has no noise levels to weight.
+    """
+    if isinstance(forward_process, BlurDegradation):
+        if prediction != "x0":
+            raise ValueError(f"cold diffusion trains a restoration network: build it with prediction='x0', "
+                             f"not {prediction!r}")
+        if min_snr_gamma:
+            raise ValueError("min_snr_gamma weights noise levels; cold diffusion has none: set it to 0")
+        return ColdLoss(forward_process)
+    return DiffusionLoss(forward_process, prediction, min_snr_gamma)
