@@ -13,7 +13,8 @@ per interval in the variables x / sqrt(alpha_bar) and sqrt(1/alpha_bar - 1));
 
 With ``clip_x0``, x0_pred is clipped to [-1, 1] and eps is recomputed from the
 clipped x0_pred, eps = (x_t - sqrt(alpha_bar_t) x0_pred) / sqrt(1 - alpha_bar_t), as
-diffusers' ``DDIMScheduler`` does: the step then lands on the point that the clipped
+diffusers' ``DDIMScheduler.step`` does when asked with ``use_clipped_model_output=True``
+(its default, False, keeps the unclipped eps): the step then lands on the point that the clipped
 prediction and the noise it implies describe together. Keeping the unclipped eps
 would add back, through the direction term, the very overshoot the clip removed.
 """
