@@ -98,7 +98,6 @@ book: venv data notebooks mathjax
 	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml \
 	  --path-output book $(JB_FLAGS)
 	@echo
-	@$(BIN)/python book/chapter_times.py $$(cat $(BUILD_START))
 	@echo "jupyter-book build took $$(( $$(date +%s) - $$(cat $(BUILD_START)) )) s"
 	@echo
 	@echo "The book is in $(BOOK_HTML)/index.html"

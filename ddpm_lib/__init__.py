@@ -17,7 +17,7 @@ The maths
 
 Measuring
 * :mod:`ddpm_lib.classifier` -- the book's MNIST classifier, the judge of sample quality; ch. 7
-* :mod:`ddpm_lib.metrics`    -- Frechet distance on its features, the real-data floor, seed summaries; ch. 7
+* :mod:`ddpm_lib.metrics`    -- FD, its floor, KID, precision/recall, the paired comparison of two generators; ch. 7
 
 Engineering
 * :mod:`ddpm_lib.data`        -- MNIST (verified by SHA-256) and other image folders, scaled to [-1, 1]; ch. 1

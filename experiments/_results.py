@@ -7,6 +7,7 @@ entry it was computing).
 
 from __future__ import annotations
 
+import io
 import json
 import platform
 import shlex
@@ -14,10 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddpm_lib._io import atomic_write_bytes
+from ddpm_lib.data import from_model_range
 from ddpm_lib.machine import cpu_name
+from ddpm_lib.sampling import sample
 
 
 class ResultsFile:
@@ -52,3 +56,30 @@ class ResultsFile:
 
     def save(self) -> None:
         atomic_write_bytes(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
+
+
+def kept_images(path: str | Path, draw) -> np.ndarray:
+    """Images kept under runs/ (not committed), so that a rerun does not draw them again: the array saved at
+    ``path`` if there is one, else ``draw()``, saved there atomically first."""
+    path = Path(path)
+    if path.exists():
+        return np.load(path)
+    x = draw()
+    buf = io.BytesIO()
+    np.save(buf, x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return x
+
+
+def draw_images(ckpt, numerics, sampler: str, steps: int, seeds, n: int = 1000, batch: int = 1000,
+                **options) -> np.ndarray:
+    """uint8 images (len(seeds) x n, 28, 28) of a checkpoint, ``n`` per seed, seeds in order."""
+    parts = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        x = sample(ckpt.model, ckpt.schedule, n, sampler, steps, seed=seed, batch_size=batch, numerics=numerics,
+                   **options)
+        parts.append(from_model_range(x).numpy())
+        print(f"drew {sampler} {steps} steps, seed {seed}, n = {n}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return np.concatenate(parts)

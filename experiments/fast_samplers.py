@@ -4,11 +4,25 @@
     python experiments/fast_samplers.py --only dpmpp:20 ddim:50 --seeds 0 1 2
 
 Each entry draws N = 1000 images (batch 1000: the same x_T per seed for every sampler, and the
-same as the committed 1000-step evaluation `checkpoints/eval_ddpm_mnist_seeds.json`, which is
-the reference), scores them with the book's metric (`ddpm_lib.metrics.evaluate_samples`, FD
+same as the committed eight-seed 1000-step evaluation `checkpoints/eval_ddpm_mnist_seeds.json`,
+which is the reference), scores them with the book's metric (`ddpm_lib.metrics.evaluate_samples`, FD
 against the MNIST test set, with the real-data floor of the same seed) and appends the result
 to `experiments/results/fast_samplers.json`. Rerun the command to resume; one entry takes
 (network evaluations x 1000) / (evaluations per second of the CPU) seconds.
+
+    python experiments/fast_samplers.py --paired       # the paired comparisons and the ODE distances
+
+`--paired` adds two kinds of entry. `paired:SAMPLER:STEPS` draws seed 0 again, keeps the images
+in `runs/fast_samplers/` (not committed), and compares them with the committed 1000-step samples
+(`checkpoints/eval_ddpm_mnist_samples.npy`) by the bootstrap interval of the FD ratio
+(`ddpm_lib.metrics.compare_paired`). Those were drawn in batches of 500, which orders the random
+draws differently (their x_T and every z differ from a batch-1000 draw of seed 0), so this
+comparison is unpaired (`paired=False`). `paired:dpmpp-sde:20:vs:50` compares the two budgets of
+the stochastic solver from the same x_T, paired. `ode:SAMPLER:STEPS` measures how far a deterministic
+solver's images lie from the end point of the probability-flow ODE itself: the root-mean-square
+pixel difference (model range [-1, 1]) from DDIM with all 1000 steps, on 100 x_T (seed 0), all
+in fp32 (bf16's rounding would otherwise set a floor); `ode:dpmpp:500` says how close two fine
+solutions are to each other.
 """
 
 from __future__ import annotations
@@ -21,12 +35,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from _results import ResultsFile  # noqa: E402
+from _results import ResultsFile, draw_images, kept_images  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from ddpm_lib.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from ddpm_lib.data import from_model_range  # noqa: E402
-from ddpm_lib.metrics import evaluate_samples  # noqa: E402
-from ddpm_lib.numerics import choose_numerics  # noqa: E402
+from ddpm_lib.metrics import compare_paired, evaluate_samples, features  # noqa: E402
+from ddpm_lib.numerics import Numerics, choose_numerics  # noqa: E402
 from ddpm_lib.sampling import sample  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "fast_samplers.json"
@@ -35,6 +51,63 @@ PLAN = [f"{s}:{k}" for k in (20, 50) for s in ("dpmpp", "dpmpp-sde", "ddim")] + 
        [f"{s}:{k}" for k in (10, 100) for s in ("dpmpp", "ddim", "dpmpp-sde")] + \
        ["dpmpp:200", "ddpm:50", "ddpm:100"]
 N, BATCH = 1000, 1000
+REFERENCE_SAMPLES = ROOT / "checkpoints" / "eval_ddpm_mnist_samples.npy"   # 1000-step Algorithm 2, seed 0
+SAMPLES = ROOT / "runs" / "fast_samplers"
+PAIRED = [(s, k) for k in (20, 50) for s in ("dpmpp-sde", "dpmpp", "ddim")]
+LARGE_N_SEEDS = range(10)
+ODE_N, ODE_REFERENCE, ODE_PLAN = 100, ("ddim", 1000), [(s, k) for s in ("ddim", "dpmpp") for k in (10, 20, 50, 100)]
+
+
+def _images(ckpt, numerics, sampler: str, steps: int, n: int = N, batch: int = BATCH, seed: int = 0) -> np.ndarray:
+    """uint8 images of one seed, drawn once and kept in runs/fast_samplers/."""
+    return kept_images(SAMPLES / f"{sampler}_{steps}_n{n}_seed{seed}_{numerics.precision}.npy",
+                       lambda: draw_images(ckpt, numerics, sampler, steps, [seed], n=n, batch=batch))
+
+
+def paired_plan(results, ckpt, numerics) -> None:
+    reference = features(np.load(REFERENCE_SAMPLES))
+    for sampler, steps in PAIRED:
+        key = f"paired:{sampler}:{steps}"
+        if not results.has(key):
+            c = compare_paired(reference, features(_images(ckpt, numerics, sampler, steps)), paired=False)
+            results.put(key, {"a": "ddpm:1000 (batch 500)", "b": f"{sampler}:{steps}", "seed": 0, **c.as_dict()})
+            print(f"{key} vs Algorithm 2, 1000 steps: {c}", flush=True)
+    key = "paired:dpmpp-sde:20:vs:50"
+    if not results.has(key):
+        c = compare_paired(features(_images(ckpt, numerics, "dpmpp-sde", 50)),
+                           features(_images(ckpt, numerics, "dpmpp-sde", 20)))
+        results.put(key, {"a": "dpmpp-sde:50", "b": "dpmpp-sde:20", "seed": 0, **c.as_dict()})
+        print(f"{key}: {c}", flush=True)
+
+
+def large_n_plan(results, ckpt, numerics) -> None:
+    """The ODE and the SDE solver at 20 calls, N = 10,000 pairs (x_T seeds 0-9, batch 1000)."""
+    key = "paired:dpmpp:20:vs:dpmpp-sde:20:n10000"
+    if results.has(key):
+        return
+    sets = {}
+    for sampler in ("dpmpp", "dpmpp-sde"):
+        sets[sampler] = np.concatenate([_images(ckpt, numerics, sampler, 20, seed=seed) for seed in LARGE_N_SEEDS])
+    c = compare_paired(features(sets["dpmpp"]), features(sets["dpmpp-sde"]))
+    results.put(key, {"a": "dpmpp:20", "b": "dpmpp-sde:20", "seeds": list(LARGE_N_SEEDS), **c.as_dict(),
+                      "reports": {s: evaluate_samples(x, seed=0) for s, x in sets.items()}})
+    print(f"{key}: {c}", flush=True)
+
+
+def ode_plan(results, ckpt, numerics) -> None:
+    numerics = Numerics("fp32", channels_last=numerics.channels_last)
+    end = _images(ckpt, numerics, *ODE_REFERENCE, n=ODE_N, batch=ODE_N).astype(np.float64) / 127.5 - 1
+    for sampler, steps in ODE_PLAN + [("dpmpp", 500)]:
+        key = f"ode:{sampler}:{steps}"
+        if results.has(key):
+            continue
+        x = _images(ckpt, numerics, sampler, steps, n=ODE_N, batch=ODE_N).astype(np.float64) / 127.5 - 1
+        rms = np.sqrt(((x - end) ** 2).mean(axis=(1, 2)))
+        results.put(key, {"sampler": sampler, "steps": steps, "n": ODE_N, "seed": 0,
+                          "reference": f"{ODE_REFERENCE[0]}:{ODE_REFERENCE[1]}", "rms_mean": float(rms.mean()),
+                          "rms_sem": float(rms.std(ddof=1) / np.sqrt(ODE_N))})
+        print(f"{key}: RMS distance to the ODE end point {rms.mean():.4f} +- {rms.std(ddof=1) / np.sqrt(ODE_N):.4f}",
+              flush=True)
 
 
 def main(argv=None) -> int:
@@ -43,11 +116,20 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT))
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--paired", action="store_true", help="the paired comparisons and ODE distances instead")
+    p.add_argument("--large-n", action="store_true", help="DPM-Solver++ against its SDE variant at 20 calls, N = 10,000")
     args = p.parse_args(argv)
     results = ResultsFile(args.out, "fast samplers on the shipped checkpoint: N=1000, batch 1000, book's FD; "
                                     "written by experiments/fast_samplers.py")
     ckpt = load_checkpoint(args.checkpoint)
     numerics = choose_numerics(ckpt.model, purpose="sample", batch_size=BATCH)
+    if args.large_n:
+        large_n_plan(results, ckpt, numerics)
+        return 0
+    if args.paired:
+        paired_plan(results, ckpt, numerics)
+        ode_plan(results, ckpt, numerics)
+        return 0
     for entry in args.only or PLAN:
         sampler, steps = entry.split(":")
         for seed in args.seeds:

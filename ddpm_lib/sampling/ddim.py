@@ -4,11 +4,12 @@ One step from timestep t to an earlier s (both 0-based, s = -1 meaning the clean
 alpha_bar_{-1} = 1), Song et al. 2021, Eq. 12:
 
     x0_pred = (x_t - sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) / sqrt(alpha_bar_t)
-    sigma   = eta * sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_s)   (Eq. 16)
-    x_s     = sqrt(alpha_bar_s) x0_pred + sqrt(1 - alpha_bar_s - sigma^2) eps_theta + sigma z
+    sigma_t = eta * sqrt((1 - alpha_bar_s) / (1 - alpha_bar_t)) * sqrt(1 - alpha_bar_t / alpha_bar_s)   (Eq. 16)
+    x_s     = sqrt(alpha_bar_s) x0_pred + sqrt(1 - alpha_bar_s - sigma_t^2) eps_theta + sigma_t z
 
-``eta = 0`` is deterministic (the probability-flow ODE, solved with one Euler step
-per interval in the variables x / sqrt(alpha_bar) and sqrt(1/alpha_bar - 1));
+(sigma_t is the standard deviation of the step, ``sigma`` in the code.) ``eta = 0`` is
+deterministic (the probability-flow ODE, solved with one Euler step per interval in the
+variables x / sqrt(alpha_bar) and rho = sqrt(1/alpha_bar - 1), as in the book's chapter 8);
 ``eta = 1`` over all T steps is Algorithm 2 with sigma_t^2 = beta_tilde_t.
 
 With ``clip_x0``, x0_pred is clipped to [-1, 1] and eps is recomputed from the

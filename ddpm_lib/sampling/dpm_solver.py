@@ -2,24 +2,32 @@
 Probabilistic Models"): a second-order multistep solver of the probability-flow ODE in data
 prediction, and its SDE variant.
 
-Write alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t) and the half log-SNR
-lambda_t = log(alpha_t / sigma_t). The network's noise prediction gives a data prediction
-x0_theta(x_t, t) = (x_t - sigma_t eps_theta) / alpha_t. From timestep s to the next, t, with
-h = lambda_t - lambda_s > 0, the exact solution of the ODE is
+The book's notation (chapter 8): sqrt(alpha_bar_t), the noise level of the marginal
+sigma_bar_t = sqrt(1 - alpha_bar_t), and the half log-SNR lambda_t = log(sqrt(alpha_bar_t) / sigma_bar_t).
+The network's noise prediction gives a data prediction
+x0_theta(x_t, t) = (x_t - sigma_bar_t eps_theta) / sqrt(alpha_bar_t). A step goes from timestep t
+to the next, earlier one, s < t; with h = lambda_s - lambda_t > 0, the exact solution of the ODE is
 
-    x_t = (sigma_t / sigma_s) x_s + sigma_t * integral_{lambda_s}^{lambda_t} e^{lambda} x0_theta dlambda.
+    x_s = (sigma_bar_s / sigma_bar_t) x_t + sigma_bar_s * integral_{lambda_t}^{lambda_s} e^{lambda} x0_theta dlambda.
 
 * First order (x0_theta constant over the step; this is DDIM with eta = 0):
-      x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D0,          D0 = x0_theta(x_s, s).
+      x_s = (sigma_bar_s / sigma_bar_t) x_t - sqrt(alpha_bar_s) (e^{-h} - 1) D0,     D0 = x0_theta(x_t, t).
 * Second order, multistep ("2M", Lu et al. 2022 Algorithm 2): the slope of x0_theta in lambda
-  comes from the previous step's prediction, no extra network call:
-      D1 = (D0 - x0_theta(x_r, r)) / r0,   r0 = (lambda_s - lambda_r) / h,
-      x_t = (sigma_t / sigma_s) x_s - alpha_t (e^{-h} - 1) D0 - 0.5 alpha_t (e^{-h} - 1) D1.
+  comes from the previous step's prediction, at the timestep r > t the step before started from,
+  no extra network call:
+      D1 = (D0 - x0_theta(x_r, r)) / r0,   r0 = (lambda_t - lambda_r) / h,
+      x_s = (sigma_bar_s / sigma_bar_t) x_t - sqrt(alpha_bar_s) (e^{-h} - 1) D0 - 0.5 sqrt(alpha_bar_s) (e^{-h} - 1) D1.
 * SDE variant (``stochastic=True``, Lu et al. 2022, appendix; diffusers' "sde-dpmsolver++"):
-      x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) (D0 + 0.5 D1) + sigma_t sqrt(1 - e^{-2h}) z.
+      x_s = (sigma_bar_s / sigma_bar_t) e^{-h} x_t + sqrt(alpha_bar_s) (1 - e^{-2h}) (D0 + 0.5 D1)
+            + sigma_bar_s sqrt(1 - e^{-2h}) z.
 
-The first step is first order (no history), and so is the last, which goes to sigma = 0
-(the clean image, lambda = +inf): it returns D0. Timesteps follow diffusers'
+The first step is first order (no history), and so is the last, which goes to sigma_bar = 0
+(the clean image, lambda = +inf): it returns D0.
+
+In the code a timestep is carried as the triple (sqrt(alpha_bar), sigma_bar, lambda). The
+arguments of :func:`dpm_solver_pp_step` keep Lu et al.'s names, in which a step goes from ``s``
+to ``t``: its ``s`` is the book's t (where the step starts), its ``t`` the book's s (where it
+ends); ``r`` is the previous timestep in both. Timesteps follow diffusers'
 ``DPMSolverMultistepScheduler`` defaults (linspace spacing, the last step to sigma = 0), so
 the two agree step for step (``tests/test_sampling_peers.py``).
 """
@@ -59,6 +67,7 @@ def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
 
 
 def _alpha_sigma_lambda(schedule: DiffusionSchedule, t: int | None) -> tuple[float, float, float]:
+    """(sqrt(alpha_bar_t), sigma_bar_t, lambda_t) of timestep t; ``None``: the clean image, (1, 0, +inf)."""
     if t is None:                       # the clean image
         return 1.0, 0.0, math.inf
     ab = float(schedule.alpha_bars[t])
@@ -75,11 +84,14 @@ def dpm_solver_pp_step(
     r: tuple[float, float, float] | None = None,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One DPM-Solver++ step from s to t (see the module docstring).
+    """One DPM-Solver++ step (see the module docstring), with Lu et al.'s names: from ``s`` to ``t``.
 
-    ``x0_s`` = x0_theta(x_s, s); ``x0_prev`` = the data prediction at the previous timestep r
-    (``None``: a first-order step). ``s``, ``t``, ``r``: (alpha, sigma, lambda) of the three
-    timesteps. ``noise``: z for the SDE variant (``None``: the ODE).
+    In the book's notation the step goes from t to s < t: the argument ``s`` describes the
+    timestep the step starts from (the book's t), ``t`` the one it ends at (the book's s).
+    ``x_s``: the sample where the step starts; ``x0_s`` = x0_theta(x_s, s); ``x0_prev`` = the
+    data prediction at the previous timestep r (``None``: a first-order step). ``s``, ``t``,
+    ``r``: (sqrt(alpha_bar), sigma_bar, lambda) of the three timesteps. ``noise``: z for the SDE
+    variant (``None``: the ODE).
     """
     alpha_s, sigma_s, lam_s = s
     alpha_t, sigma_t, lam_t = t

@@ -1,4 +1,4 @@
-"""Sample-quality measures for MNIST: an MNIST-specific analogue of FID.
+"""The Fréchet distance on the book's classifier features, its real-data floor, and the evaluation.
 
 The Fréchet Inception Distance (FID; Heusel et al. 2017, "GANs Trained by a Two
 Time-Scale Update Rule Converge to a Local Nash Equilibrium", NeurIPS) fits a
@@ -53,13 +53,14 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .classifier import NUM_CLASSES, MNISTClassifier, _mnist, load_classifier
-from .data import to_model_range
+from ..classifier import NUM_CLASSES, MNISTClassifier, _mnist, load_classifier
+from ..data import to_model_range
+from .kid import kernel_distance, precision_recall
 
 __all__ = [
     "features", "class_probabilities", "mean_confidence", "digit_histogram",
     "gaussian_stats", "frechet_distance_from_stats", "frechet_distance",
-    "test_set_stats", "real_data_floor", "evaluate_samples", "summarize_seeds",
+    "test_set_features", "test_set_stats", "real_data_floor", "evaluate_samples", "summarize_seeds",
 ]
 
 
@@ -210,9 +211,18 @@ def frechet_distance(feats_a, feats_b) -> float:
 # Reference statistics and the evaluation
 # --------------------------------------------------------------------------------------
 
-# classifier -> (mu, sigma) of the test-set features; classifier -> {(n, seed): fd_floor}
+# classifier -> test-set features; -> (mu, sigma) of them; -> {(n, seed): fd_floor}
+_TEST_FEATURES: "weakref.WeakKeyDictionary[nn.Module, torch.Tensor]" = weakref.WeakKeyDictionary()
 _TEST_STATS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 _FLOORS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def test_set_features(classifier: MNISTClassifier | None = None) -> torch.Tensor:
+    """Classifier features (10000, D) of the MNIST test images (cached in memory per classifier)."""
+    classifier = classifier if classifier is not None else load_classifier()
+    if classifier not in _TEST_FEATURES:
+        _TEST_FEATURES[classifier] = features(_mnist("test").images, classifier)
+    return _TEST_FEATURES[classifier]
 
 
 def test_set_stats(classifier: MNISTClassifier | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +230,7 @@ def test_set_stats(classifier: MNISTClassifier | None = None) -> tuple[torch.Ten
     (cached in memory per classifier)."""
     classifier = classifier if classifier is not None else load_classifier()
     if classifier not in _TEST_STATS:
-        _TEST_STATS[classifier] = gaussian_stats(features(_mnist("test").images, classifier))
+        _TEST_STATS[classifier] = gaussian_stats(test_set_features(classifier))
     return _TEST_STATS[classifier]
 
 
@@ -256,6 +266,10 @@ def evaluate_samples(samples, n_floor: int | None = None, seed: int = 0,
     * ``fd_floor`` -- the same for ``n_floor`` (default: N) real training
       digits, a subset fixed by ``seed``: the score of a perfect generator at
       this sample size; ``fd_ratio = fd / fd_floor``;
+    * ``kid``, ``kid_se`` -- the kernel distance to the test set and its standard
+      error (:func:`ddpm_lib.metrics.kid.kernel_distance`; unbiased, so it needs no floor);
+    * ``knn_precision``, ``knn_recall`` -- Kynkäänniemi et al. (2019) against N test digits
+      (a subset fixed by ``seed``; k = 3), :func:`ddpm_lib.metrics.kid.precision_recall`;
     * ``mean_confidence`` -- mean max-softmax probability;
     * ``digit_counts`` / ``digit_fractions`` (for 0..9), ``min_fraction``, ``max_fraction``;
     * ``classifier_test_accuracy`` -- as stored when the classifier was trained.
@@ -269,6 +283,12 @@ def evaluate_samples(samples, n_floor: int | None = None, seed: int = 0,
     mu, sigma = gaussian_stats(feats)
     fd = frechet_distance_from_stats(mu, sigma, *test_set_stats(classifier))
     floor = real_data_floor(n_floor, seed=seed, classifier=classifier)
+    test = test_set_features(classifier)
+    kid, pr = {"kid": None, "kid_se": None}, {"precision": None, "recall": None}
+    if n >= 4:  # two blocks of two points at least; k = 3 neighbours need 4 points
+        kid = kernel_distance(feats, test, n_blocks=min(10, n // 2), seed=seed)
+        subset = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:min(n, len(test))]
+        pr = precision_recall(test[subset], feats, k=3)
     hist = _histogram(probs)
     return {
         "n": n,
@@ -276,6 +296,10 @@ def evaluate_samples(samples, n_floor: int | None = None, seed: int = 0,
         "fd": fd,
         "fd_floor": floor,
         "fd_ratio": fd / floor if floor > 0 else None,
+        "kid": kid["kid"],
+        "kid_se": kid["kid_se"],
+        "knn_precision": pr["precision"],
+        "knn_recall": pr["recall"],
         "mean_confidence": _confidence(probs),
         "digit_counts": hist["counts"],
         "digit_fractions": hist["fractions"],
@@ -312,6 +336,11 @@ def summarize_seeds(reports: list[dict]) -> dict:
 
     counts = [sum(c) for c in zip(*(r["digit_counts"] for r in reports))]
     fractions = [c / sum(counts) for c in counts]
+    extra = {}
+    if all(r.get("kid") is not None for r in reports):  # reports written before KID was added lack it
+        extra = {"kid": mean_sd("kid")[0],
+                 "kid_se": float(sum(r["kid_se"] ** 2 for r in reports) ** 0.5 / len(reports)),
+                 "knn_precision": mean_sd("knn_precision")[0], "knn_recall": mean_sd("knn_recall")[0]}
     fd, fd_sd = mean_sd("fd")
     floor, floor_sd = mean_sd("fd_floor")
     ratio_sd = mean_sd("fd_ratio")[1]
@@ -325,6 +354,7 @@ def summarize_seeds(reports: list[dict]) -> dict:
         "fd_ratio": fd / floor,
         "fd_ratio_sd": ratio_sd,
         "fd_ratio_per_seed": [r["fd_ratio"] for r in reports],
+        **extra,
         "mean_confidence": mean_sd("mean_confidence")[0],
         "digit_counts": counts,
         "digit_fractions": fractions,
