@@ -616,7 +616,13 @@ def test_ctrl_c_and_sigterm_give_one_line_and_130_or_143(command, sig, work, fil
             "train": ["train", "--preset", "tiny", "--out-dir", tmp_path / "run", "--no-progress"],
             "nll": ["nll", "--checkpoint", files["ckpt"], "--n", "4", "--out", tmp_path / "n.json"]}[command]
     capsys.readouterr()
-    assert run([str(a) for a in argv]) == 128 + sig
+    # Ctrl-C as a terminal delivers it: Python's own SIGINT handler (a job started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert run([str(a) for a in argv]) == 128 + sig
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("interrupted (Ctrl-C)" if sig == signal.SIGINT else "terminated (SIGTERM)")
