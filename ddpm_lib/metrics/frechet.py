@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from ..classifier import NUM_CLASSES, MNISTClassifier, _mnist, load_classifier
 from ..data import to_model_range
+from ._linalg import _as_float64_2d, _psd_sqrt
 from .kid import kernel_distance, precision_recall
 
 __all__ = [
@@ -145,17 +146,6 @@ def digit_histogram(x, classifier: MNISTClassifier | None = None) -> dict:
 # --------------------------------------------------------------------------------------
 
 
-def _as_float64_2d(feats) -> torch.Tensor:
-    if isinstance(feats, np.ndarray):
-        feats = torch.from_numpy(feats)
-    f = torch.as_tensor(feats).detach().cpu().to(torch.float64)
-    if f.dim() != 2:
-        raise ValueError(f"features must be 2-D (N, D), got shape {tuple(f.shape)}")
-    if len(f) < 2:
-        raise ValueError(f"need at least 2 feature vectors to fit a Gaussian, got {len(f)}")
-    return f
-
-
 def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (D,) and unbiased covariance (D, D), in float64, of features (N, D)."""
     f = _as_float64_2d(feats)
@@ -163,13 +153,6 @@ def gaussian_stats(feats) -> tuple[torch.Tensor, torch.Tensor]:
     centred = f - mu
     sigma = centred.T @ centred / (len(f) - 1)
     return mu, sigma
-
-
-def _psd_sqrt(m: torch.Tensor) -> torch.Tensor:
-    """Square root of a symmetric positive semi-definite matrix via eigh (negative round-off clipped)."""
-    m = 0.5 * (m + m.T)
-    w, v = torch.linalg.eigh(m)
-    return (v * w.clamp(min=0).sqrt()) @ v.T
 
 
 def frechet_distance_from_stats(mu_a, sigma_a, mu_b, sigma_b) -> float:

@@ -33,19 +33,11 @@ same N and k.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from ._linalg import _as_float64_2d
+
 __all__ = ["kernel_distance", "precision_recall"]
-
-
-def _float64(feats, name: str) -> torch.Tensor:
-    if isinstance(feats, np.ndarray):
-        feats = torch.from_numpy(feats)
-    f = torch.as_tensor(feats).detach().cpu().to(torch.float64)
-    if f.dim() != 2:
-        raise ValueError(f"{name} must be 2-D features (N, D), got shape {tuple(f.shape)}")
-    return f
 
 
 def _block_kernel_sums(x: torch.Tensor, bx: torch.Tensor, y: torch.Tensor, by: torch.Tensor, n_blocks: int,
@@ -73,7 +65,7 @@ def kernel_distance(feats_a, feats_b, n_blocks: int = 10, seed: int = 0) -> dict
     ``se^2 = (K-1)/K sum_j (kid_(j) - mean)^2``. Returns ``{"kid", "kid_se",
     "n_blocks"}``.
     """
-    a, b = _float64(feats_a, "feats_a"), _float64(feats_b, "feats_b")
+    a, b = _as_float64_2d(feats_a, "feats_a", 0), _as_float64_2d(feats_b, "feats_b", 0)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature widths differ: {a.shape[1]} vs {b.shape[1]}")
     if n_blocks < 2:
@@ -129,7 +121,7 @@ def precision_recall(real, generated, k: int = 3, chunk: int = 2000) -> dict:
     "recall", "k"}``. Use the same number of points in both sets and the same
     k whenever two results are compared.
     """
-    r, f = _float64(real, "real").float(), _float64(generated, "generated").float()
+    r, f = _as_float64_2d(real, "real", 0).float(), _as_float64_2d(generated, "generated", 0).float()
     if r.shape[1] != f.shape[1]:
         raise ValueError(f"feature widths differ: {r.shape[1]} vs {f.shape[1]}")
     if not 1 <= k < min(len(r), len(f)):

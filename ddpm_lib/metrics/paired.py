@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ._linalg import _as_float64_2d, _psd_sqrt
+
 __all__ = ["PairedComparison", "compare_paired", "null_verdict_rate"]
 
 
@@ -64,13 +66,7 @@ class PairedComparison:
 
 def _as_groups(feats, name: str) -> list[torch.Tensor]:
     groups = list(feats) if isinstance(feats, (list, tuple)) else [feats]
-    out = []
-    for g in groups:
-        g = torch.from_numpy(g) if isinstance(g, np.ndarray) else torch.as_tensor(g)
-        g = g.detach().cpu().to(torch.float64)
-        if g.dim() != 2 or len(g) < 2:
-            raise ValueError(f"{name}: each group must be features (N >= 2, D), got shape {tuple(g.shape)}")
-        out.append(g)
+    out = [_as_float64_2d(g, f"{name} (each group)") for g in groups]
     if not out:
         raise ValueError(f"{name}: no groups given")
     return out
@@ -86,8 +82,7 @@ class _ReferenceFD:
     def __init__(self, mu_r, sigma_r):
         self.mu_r = torch.as_tensor(mu_r, dtype=torch.float64)
         sigma_r = torch.as_tensor(sigma_r, dtype=torch.float64)
-        w, v = torch.linalg.eigh(0.5 * (sigma_r + sigma_r.T))
-        self.root_r = (v * w.clamp(min=0).sqrt()) @ v.T
+        self.root_r = _psd_sqrt(sigma_r)
         self.trace_r = torch.trace(sigma_r)
 
     def __call__(self, x: torch.Tensor, weights: torch.Tensor, chunk: int = 64) -> torch.Tensor:
