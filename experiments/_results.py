@@ -7,6 +7,7 @@ entry it was computing).
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import platform
@@ -58,17 +59,44 @@ class ResultsFile:
         atomic_write_bytes(self.path, (json.dumps(self.data, indent=1) + "\n").encode())
 
 
-def kept_images(path: str | Path, draw) -> np.ndarray:
-    """Images kept under runs/ (not committed), so that a rerun does not draw them again: the array saved at
-    ``path`` if there is one, else ``draw()``, saved there atomically first."""
+def open_results(doc: str, default_out: str | Path, about: str, argv=None) -> ResultsFile:
+    """The command line of an experiment whose only option is ``--out`` (its results file; ``doc``, the
+    script's docstring, is its help), and that file opened."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(default_out), help="the results file (default: %(default)s)")
+    return ResultsFile(p.parse_args(argv).out, about)
+
+
+def save_images(path: str | Path, x: np.ndarray) -> None:
+    """Save an array atomically: ``.npy`` as is, ``.npz`` compressed (about 300 kB per 1000 MNIST samples, for
+    image sets that are committed)."""
     path = Path(path)
-    if path.exists():
-        return np.load(path)
-    x = draw()
     buf = io.BytesIO()
-    np.save(buf, x)
+    if path.suffix == ".npz":
+        np.savez_compressed(buf, images=x)
+    else:
+        np.save(buf, x)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def load_images(path: str | Path) -> np.ndarray:
+    """The inverse of :func:`save_images`."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as z:
+            return z["images"]
+    return np.load(path)
+
+
+def kept_images(path: str | Path, draw) -> np.ndarray:
+    """Images kept at ``path`` (under runs/, not committed, or a committed ``.npz``), so that a rerun does not
+    draw them again: the array saved there if there is one, else ``draw()``, saved there atomically first."""
+    path = Path(path)
+    if path.exists():
+        return load_images(path)
+    x = draw()
+    save_images(path, x)
     return x
 
 

@@ -16,7 +16,6 @@ kept in `runs/candidate/` (not committed).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from _results import ResultsFile, draw_images, kept_images  # noqa: E402
+from _results import draw_images, kept_images, open_results  # noqa: E402
 
 from ddpm_lib.checkpoint import CHECKPOINT_DIR, load_checkpoint  # noqa: E402
 from ddpm_lib.metrics import compare_paired, evaluate_samples, features  # noqa: E402
@@ -50,11 +49,8 @@ def images_of(checkpoint: str) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(RESULTS))
-    args = p.parse_args(argv)
-    results = ResultsFile(args.out, "the half-width candidate against the book's UNet, paired (same x_T), "
-                                    "SDE-DPM-Solver++ 50 calls; written by experiments/candidate.py")
+    results = open_results(__doc__, RESULTS, "the half-width candidate against the book's UNet, paired (same "
+                           "x_T), SDE-DPM-Solver++ 50 calls; written by experiments/candidate.py", argv)
     for when, (book_file, half_file) in PAIRS.items():
         if results.has(when):
             continue

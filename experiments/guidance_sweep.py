@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from _results import ResultsFile, draw_images, kept_images  # noqa: E402
+from _results import ResultsFile, draw_images, kept_images, load_images  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -81,16 +81,15 @@ def balanced_entry(args, classifier, w0_images) -> dict:
     if len(chosen) < 10 * PER_DIGIT:
         raise RuntimeError(f"the pool of {len(pool)} holds fewer than {PER_DIGIT} of some digit; draw more seeds")
     balanced, plain = pool[chosen], pool[:10 * PER_DIGIT]
-    w0 = features(w0_images, classifier)
+    w0, plain_feats = features(w0_images, classifier), features(plain, classifier)
     return {
         "pool": len(pool), "pool_seeds": list(BALANCED_POOL_SEEDS), "sampler": args.sampler, "steps": args.steps,
         "balanced": evaluate_samples(balanced, seed=args.seed, classifier=classifier),
         "plain": evaluate_samples(plain, seed=args.seed, classifier=classifier),
         "w0_vs_balanced": compare_paired(features(balanced, classifier), w0, paired=False).as_dict(),
-        "w0_vs_plain": compare_paired(features(plain, classifier), w0, paired=False).as_dict(),
+        "w0_vs_plain": compare_paired(plain_feats, w0, paired=False).as_dict(),
         # every weight against the unconditional checkpoint as drawn (the model card's FD goal)
-        "vs_plain": {f"{w:g}": compare_paired(features(plain, classifier),
-                                             features(torch.from_numpy(np.load(path)), classifier),
+        "vs_plain": {f"{w:g}": compare_paired(plain_feats, features(load_images(path), classifier),
                                              paired=False).as_dict()
                      for w in WEIGHTS
                      if (path := _path(f"{args.sampler}_{args.steps}_w{w:g}_seed{args.seed}")).exists()},
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
         )
         w0 = _path(f"{args.sampler}_{args.steps}_w0_seed{args.seed}")
         if w0.exists() and w != 0:
-            w0 = torch.from_numpy(np.load(w0))
+            w0 = load_images(w0)
             report["vs_w0"] = compare_paired(features(w0, classifier), features(images, classifier)).as_dict()
         report["diversity_vs_real"] = report["within_class_variance"] / real_var
         results.put(key, report)
@@ -160,7 +159,7 @@ def main(argv=None) -> int:
     key = f"balanced:{args.sampler}:{args.steps}"
     w0 = _path(f"{args.sampler}_{args.steps}_w0_seed{args.seed}")
     if not results.has(key) and w0.exists():
-        entry = balanced_entry(args, classifier, torch.from_numpy(np.load(w0)))
+        entry = balanced_entry(args, classifier, load_images(w0))
         results.put(key, entry)
         print(f"{key}: FD {entry['balanced']['fd']:.2f} balanced, {entry['plain']['fd']:.2f} plain; "
               f"w = 0 vs balanced: {entry['w0_vs_balanced']['ratio']:.2f} "

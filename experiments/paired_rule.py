@@ -19,7 +19,6 @@ Results go to `experiments/results/paired_rule.json`. The pool's samples are kep
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from _results import ResultsFile, draw_images, kept_images  # noqa: E402
+from _results import draw_images, kept_images, open_results  # noqa: E402
 
 from ddpm_lib.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
 from ddpm_lib.classifier import _mnist  # noqa: E402
@@ -52,11 +51,9 @@ def model_pool() -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(RESULTS))
-    args = p.parse_args(argv)
-    results = ResultsFile(args.out, "false-positive rate of the paired verdict rule (ddpm_lib.metrics.compare_paired) "
-                                    "and the shipped model's FD at N = 10000; written by experiments/paired_rule.py")
+    results = open_results(__doc__, RESULTS, "false-positive rate of the paired verdict rule "
+                           "(ddpm_lib.metrics.compare_paired) and the shipped model's FD at N = 10000; written by "
+                           "experiments/paired_rule.py", argv)
     settings = {"n": N, "repeats": REPEATS, "n_boot": N_BOOT, "level": LEVEL}
     if not results.has("null:real"):
         t0 = time.perf_counter()
