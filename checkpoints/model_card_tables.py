@@ -69,15 +69,20 @@ def seed_range(seeds: list[int]) -> str:
 # --------------------------------------------------------------------------- the tables
 
 def quality(root: Path) -> tuple[list[str], list[str]]:
-    """Both shipped checkpoints under the protocol, one seed (section "Quality")."""
-    files = ["checkpoints/eval_ddpm_mnist_10min.json", "checkpoints/eval_ddpm_mnist.json"]
-    lines = header("checkpoint", "training", "FD", "floor ($N = 1000$)", "ratio", "mean confidence", "digit fractions")
-    for rel in files:
-        r = load(root, rel)
+    """Both shipped checkpoints under the protocol, one seed (section "Quality"); KID and precision/recall of
+    the same samples, scored again by ``experiments/rescore.py``."""
+    reports = ["checkpoints/eval_ddpm_mnist_10min.json", "checkpoints/eval_ddpm_mnist.json"]
+    rescored = "experiments/results/rescore.json"
+    kernel = load(root, rescored)["entries"]
+    lines = header("checkpoint", "training", "FD", "floor ($N = 1000$)", "ratio", "KID (SE)", "precision", "recall",
+                   "mean confidence", "digit fractions")
+    for rel in reports:
+        r, k = load(root, rel), kernel[rel]
         lines.append(row([checkpoint_name(r), f"{r['train_seconds'] / 60:.0f} min, {r['train_step']:,} steps",
                           f"{r['fd']:.2f}", f"{r['fd_floor']:.2f}", f"{r['fd_ratio']:.2f}",
-                          f"{r['mean_confidence']:.3f}", fractions(r)]))
-    return files, lines
+                          f"{k['kid']:.1f} ({k['kid_se']:.1f})", f"{k['knn_precision']:.2f}",
+                          f"{k['knn_recall']:.2f}", f"{r['mean_confidence']:.3f}", fractions(r)]))
+    return [*reports, rescored], lines
 
 
 def _seeds_table(root: Path, files: list[str]) -> list[str]:
