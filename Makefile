@@ -15,7 +15,18 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONDONTWRITEBYTECODE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-VENV_STAMP := $(VENV)/.installed-ddpm-lib
+# TORCH=cpu (`make book TORCH=cpu`, `make test TORCH=cpu`): install PyTorch's CPU-only
+# build from PyTorch's own wheel index before the project, instead of the default
+# wheel from PyPI, which on Linux brings the CUDA libraries along even where there is
+# no NVIDIA GPU. Nothing contacts that index unless asked. The venv remembers which
+# build it holds: switching needs `make distclean` first (the recipe says so).
+TORCH ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+ifneq ($(filter-out cpu,$(TORCH)),)
+$(error TORCH=$(TORCH) is not a choice: leave it unset for the default wheels from PyPI, or TORCH=cpu)
+endif
+
+VENV_STAMP := $(VENV)/.installed-ddpm-lib$(if $(TORCH),-torch-$(TORCH))
 
 NOTEBOOK_SOURCES := $(wildcard notebooks/*.md)
 
@@ -52,6 +63,7 @@ help:
 	@echo "make test    build the site and run all tests"
 	@echo "make check   the fast library tests (no book build, no notebooks, browser, torchrun or slow tests)"
 	@echo "make venv | data | notebooks | mathjax | clean | distclean"
+	@echo "TORCH=cpu with any of them: PyTorch's CPU-only build (no CUDA libraries)"
 
 ## venv: create .venv if missing and install the project with all extras.
 ## Re-runs pip only when pyproject.toml changed since the last install.
@@ -59,6 +71,12 @@ venv: $(VENV_STAMP)
 
 $(VENV_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(TORCH),cpu)
+	$(BIN)/python -m pip install --index-url $(TORCH_CPU_INDEX) "torch>=2.4" "torchvision>=0.19"
+	@$(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" || { \
+	  echo "$(VENV) already holds a CUDA build of torch, which TORCH=cpu does not replace:" >&2; \
+	  echo "run 'make distclean', then your make command again with TORCH=cpu" >&2; exit 1; }
+endif
 	$(BIN)/python -m pip install -e ".[notebooks,book,test]"
 	@touch $@
 
