@@ -125,6 +125,44 @@ def test_mathjax_is_shipped_with_the_site(site):
     assert any(fonts.glob("*.woff")), f"MathJax fonts missing in {fonts}"
 
 
+def test_every_page_has_the_favicon(site):
+    """A favicon on every page (without one, every page view logs a 404 for /favicon.ico)."""
+    missing = []
+    for page in sorted(site.rglob("*.html")):
+        icons = re.findall(r'<link rel="(?:shortcut )?icon" href="([^"]+)"', page.read_text(encoding="utf8"))
+        if not icons or not (page.parent / icons[0]).resolve().is_file():
+            missing.append(str(page.relative_to(site)))
+    assert not missing, f"pages without a favicon that exists: {missing[:5]} ({len(missing)} in all)"
+
+
+@pytest.mark.parametrize("docname", CHAPTERS)
+def test_exercise_solutions_are_labelled_as_solutions(site, docname):
+    """A folded solution says "Show solution", not the generic "Show code cell content"."""
+    exercises = len(re.findall(r"^:::\{admonition\} Exercise", (ROOT / f"{docname}.md").read_text(encoding="utf8"),
+                               re.M))
+    html = _html_path(docname).read_text(encoding="utf8")
+    assert len(re.findall(r"Show solution", html)) >= exercises
+
+
+def _text(html: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html))
+
+
+def test_the_reference_list_is_labelled_as_the_text_cites(site):
+    """Author-year in the list ([Ho et al., 2020], book/_ext/bib_style.py) as in the text, "Ho et al. (2020)"."""
+    html = _html_path("book/references").read_text(encoding="utf8")
+    labels = [_text(x) for x in re.findall(
+        r'<span class="label"><span class="fn-bracket">\[</span>(.*?)<span class="fn-bracket">\]', html, re.S)]
+    bib = (ROOT / "book" / "references.bib").read_text(encoding="utf8")
+    assert len(labels) == len(re.findall(r"^@\w+\{", bib, re.M))          # every entry, once
+    assert len(set(labels)) == len(labels)                                # no two entries share a label
+    bad = [x for x in labels if not re.fullmatch(r"\S.*, (\d{4}[a-z]?|n\.d\.)", x)]
+    assert not bad, f"labels that are not 'Author, year': {bad}"
+    assert "Ho et al., 2020" in labels
+    chapter = _text(_html_path(CHAPTERS[0]).read_text(encoding="utf8"))
+    assert "Ho et al. (2020)" in chapter or "(Ho et al., 2020)" in chapter
+
+
 # --------------------------------------------------------------------------- #
 # A local web server and the system Chromium
 # --------------------------------------------------------------------------- #
