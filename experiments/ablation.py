@@ -5,6 +5,8 @@
     python experiments/ablation.py --train-seeds 1          # a second training seed for the trained variants
     python experiments/ablation.py --list                   # the variants and what is done
     python experiments/ablation.py --redo cold_blur         # retrain a run (its state is gone) and re-score what uses it
+    python experiments/ablation.py --only baseline v_prediction --train-seeds 2 --sample-seeds 0 --keep-samples --paired
+                                                            # keep the images, and compare paired with the baseline
 
 The budget. Every trained variant gets the same training *time* as the baseline's 10-minute
 point on a 2-core CPU (the shipped recipe reaches step TEN_MINUTE_STEPS there, on the Zen 4 EPYC of
@@ -26,6 +28,14 @@ larger one, a shorter EMA; a smaller network), the candidates for a better shipp
 change of the recipe alone keeps its network's budget. Training states go to runs/ablation/
 (resumable); results, including 8 samples per entry for the chapter, go to
 experiments/results/ablation.json, one entry at a time.
+
+Paired comparisons. With ``--keep-samples`` an evaluation also keeps all its N images, compressed, in
+experiments/results/ablation_samples/ (committed: any later metric, and any later comparison, reads
+them instead of retraining). ``--paired`` then writes, for every variant with kept images, the entry
+``paired:VARIANT``: ``ddpm_lib.metrics.compare_paired`` of the baseline against the variant, the
+training seeds that both have as groups (variant seed s against baseline seed s, sampled from the
+same x_T), the sampling seeds' images of one group pooled. Its verdict reads the bootstrap interval
+of FD_variant / FD_baseline; chapter 7 measures how often that rule errs.
 """
 
 from __future__ import annotations
@@ -45,14 +55,14 @@ sys.path.insert(0, str(ROOT / "experiments"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import rates  # noqa: E402
-from _results import ResultsFile  # noqa: E402
+from _results import ResultsFile, load_images, save_images  # noqa: E402
 
 from ddpm_lib.checkpoint import STATE_FILE, load_train_state_model  # noqa: E402
 from ddpm_lib.cold import BlurDegradation, GaussianMixture1D  # noqa: E402
 from ddpm_lib.data import from_model_range, load_mnist  # noqa: E402
 from ddpm_lib.ema import ema_update, recalibrate_batchnorm  # noqa: E402
 from ddpm_lib.losses import make_loss  # noqa: E402
-from ddpm_lib.metrics import evaluate_samples  # noqa: E402
+from ddpm_lib.metrics import compare_paired, evaluate_samples, features  # noqa: E402
 from ddpm_lib.models import build_model  # noqa: E402
 from ddpm_lib.numerics import choose_numerics  # noqa: E402
 from ddpm_lib.optim import train_step  # noqa: E402
@@ -64,6 +74,7 @@ from ddpm_lib.training import train  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "ablation.json"
 RUNS = ROOT / "runs" / "ablation"
+SAMPLES = ROOT / "experiments" / "results" / "ablation_samples"   # --keep-samples: every image of an evaluation
 N, BATCH = 1000, 1000
 SAMPLER, SAMPLER_STEPS = "dpmpp-sde", 50
 SHOWN = 8                                  # samples kept per entry, for the chapter's side-by-side figure
@@ -287,9 +298,15 @@ def blur_mixture(data: torch.Tensor) -> GaussianMixture1D:
     return _MIXTURE
 
 
-def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int, data: torch.Tensor) -> None:
+def kept_path(name: str, train_seed: int, sample_seed: int) -> Path:
+    """Where ``--keep-samples`` keeps the images of one evaluation."""
+    return SAMPLES / f"{name}_train{train_seed}_sample{sample_seed}.npz"
+
+
+def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int, data: torch.Tensor,
+             keep: bool = False) -> None:
     key = f"eval:{name}:train{train_seed}:sample{sample_seed}"
-    if results.has(key):
+    if results.has(key) and (not keep or kept_path(name, train_seed, sample_seed).exists()):
         return
     v = VARIANTS[name]
     run = v.from_run or name
@@ -311,6 +328,8 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
         x = sample(model, process, N, sampler, steps, seed=sample_seed, batch_size=BATCH, numerics=numerics, **options)
     seconds = time.perf_counter() - t0
     images = from_model_range(x)
+    if keep:
+        save_images(kept_path(name, train_seed, sample_seed), images.numpy())
     report = evaluate_samples(images, seed=sample_seed)
     report.update(variant=name, train_seed=train_seed, sample_seed=sample_seed, sampler=sampler, network_calls=steps,
                   options=options, ema=v.ema, recalibrated_bn=v.recalibrate_bn, sample_seconds=round(seconds, 1),
@@ -318,6 +337,25 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
     results.put(key, report)
     print(f"{key}: FD {report['fd']:.2f} (floor {report['fd_floor']:.2f}, ratio {report['fd_ratio']:.2f}) "
           f"in {seconds:.0f} s", flush=True)
+
+
+def run_paired(results: ResultsFile, name: str, sample_seeds: list[int]) -> None:
+    """Entry ``paired:NAME``: the baseline against variant ``name`` (module docstring, "Paired comparisons"),
+    over every training seed for which both keep the images of all ``sample_seeds``."""
+    seeds = sorted(s for s in range(100) if all(kept_path(n, s, k).exists() for n in ("baseline", name)
+                                                for k in sample_seeds))
+    if not seeds:
+        print(f"paired:{name}: no training seed has kept images of both the baseline and {name} "
+              f"(sampling seeds {sample_seeds}); run with --keep-samples first", flush=True)
+        return
+
+    def group(n, s):
+        return features(torch.cat([torch.from_numpy(load_images(kept_path(n, s, k))) for k in sample_seeds]))
+    base, var = [group("baseline", s) for s in seeds], [group(name, s) for s in seeds]
+    c = compare_paired(base, var)
+    results.put(f"paired:{name}", {"vs": "baseline", "train_seeds": seeds, "sample_seeds": list(sample_seeds),
+                                   **c.as_dict()})
+    print(f"paired:{name}: {c}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -329,6 +367,11 @@ def main(argv=None) -> int:
                    help="drop these training runs' entries (for --train-seeds) and every score of a variant that "
                         "samples from them, then produce them again: for a run whose state in runs/ablation is gone")
     p.add_argument("--calibrate-only", action="store_true")
+    p.add_argument("--keep-samples", action="store_true",
+                   help="keep every image of an evaluation in experiments/results/ablation_samples/ (committed), scoring "
+                        "again an evaluation whose images are not kept")
+    p.add_argument("--paired", action="store_true",
+                   help="then write paired:VARIANT, the paired comparison with the baseline (module docstring)")
     p.add_argument("--list", action="store_true", help="list the variants and which entries exist, then stop")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -356,7 +399,11 @@ def main(argv=None) -> int:
         for seed in args.train_seeds:
             run_training(results, run, seed, budget_of(calibration, run), data)
             for sample_seed in args.sample_seeds:
-                run_eval(results, name, seed, sample_seed, data)
+                run_eval(results, name, seed, sample_seed, data, keep=args.keep_samples)
+    if args.paired:
+        for name in args.only or list(VARIANTS):
+            if name != "baseline":
+                run_paired(results, name, args.sample_seeds)
     return 0
 
 

@@ -107,6 +107,36 @@ def test_a_variant_added_later_is_timed_beside_the_baseline_again(toy, monkeypat
     assert merged["relative_speed"]["half_width"] == rate["half_width"] / rate["baseline"]
 
 
+def test_kept_samples_give_a_paired_comparison_over_training_seeds(toy, monkeypatch, tmp_path):
+    """--keep-samples keeps every image (compressed, committed); --paired compares a variant with the baseline,
+    one group per training seed that both have; a rerun changes nothing."""
+    from _results import load_images
+
+    monkeypatch.setattr(ablation, "SAMPLES", tmp_path / "samples")
+    args = ["--out", str(toy), "--only", "baseline", "raw_weights", "--sample-seeds", "0", "--keep-samples"]
+    assert ablation.main([*args, "--train-seeds", "0", "--paired"]) == 0
+    one = json.loads(toy.read_text())["entries"]["paired:raw_weights"]
+    assert one["train_seeds"] == [0] and one["n_per_group"] == [40] and "paired:baseline" not in json.loads(
+        toy.read_text())["entries"]
+    assert ablation.main([*args, "--train-seeds", "1", "--paired"]) == 0
+    entries = json.loads(toy.read_text())["entries"]
+    for name in ("baseline", "raw_weights"):
+        for seed in (0, 1):
+            images = load_images(ablation.kept_path(name, seed, 0))
+            assert images.shape == (40, 28, 28) and images.dtype == "uint8"
+            shown = ablation.decode_images(entries[f"eval:{name}:train{seed}:sample0"]["samples"])
+            assert (torch.from_numpy(images[:ablation.SHOWN]) == shown).all()    # the images that were scored
+    both = entries["paired:raw_weights"]
+    assert both["train_seeds"] == [0, 1] and both["n_per_group"] == [40, 40] and both["paired"] is True
+    assert both["low"] <= both["ratio"] <= both["high"] and both["verdict"] in ("better", "worse", "unresolved")
+    # the groups combine as a geometric mean of the per-seed ratios, the first of which is the one-seed entry's
+    assert both["ratio"] == pytest.approx((both["ratio_per_group"][0] * both["ratio_per_group"][1]) ** 0.5)
+    assert both["ratio_per_group"][0] == pytest.approx(one["ratio"])
+    before = toy.read_text()
+    assert ablation.main([*args, "--train-seeds", "0", "1"]) == 0
+    assert toy.read_text() == before                                   # kept and scored: nothing redone
+
+
 def test_the_half_width_preset_buys_the_steps_the_ablation_measured():
     """Preset half_width: the shipped run's 55 and 10 minutes, in the steps of a network 2.4 times as fast."""
     from ddpm_lib.presets import TEN_MINUTE_STEPS, PRESETS, SHIPPED_STEPS
