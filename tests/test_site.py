@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "book" / "_build" / "html"
 TOC = ROOT / "book" / "_toc.yml"
 PAGE_TIMEOUT_MS = 60_000
+DESKTOP = {"width": 1280, "height": 900}    # the viewport of every browser test, unless it says otherwise
+PHONE = {"width": 390, "height": 844}
 
 
 # --------------------------------------------------------------------------- #
@@ -193,13 +195,14 @@ def browser():
 class _Visit:
     """One page, opened in a fresh tab, with everything odd that happened."""
 
-    def __init__(self, browser, base_url: str, docname: str):
+    def __init__(self, browser, base_url: str, docname: str, viewport: dict | None = None,
+                 touch: bool = False):
         self.base = base_url
         self.url = urllib.parse.urljoin(base_url, f"{docname}.html")
         self.errors: list[str] = []
         self.external: list[str] = []
         self.failed: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(viewport=viewport or DESKTOP, has_touch=touch)
         self.page = self.context.new_page()
         self.page.set_default_timeout(PAGE_TIMEOUT_MS)
         self.page.on(
@@ -255,8 +258,8 @@ class _Visit:
 def visit(browser, base_url):
     opened = []
 
-    def _open(docname: str) -> _Visit:
-        v = _Visit(browser, base_url, docname).open()
+    def _open(docname: str, viewport: dict | None = None, touch: bool = False) -> _Visit:
+        v = _Visit(browser, base_url, docname, viewport, touch).open()
         opened.append(v)
         return v
 
@@ -440,3 +443,227 @@ def test_internal_links_resolve(base_url):
                 bad.append(f"{docname}: {href} -> no id {fragment!r} in {path}")
     assert checked > 0
     assert not bad, "broken internal links:\n" + "\n".join(bad)
+
+
+# --------------------------------------------------------------------------- #
+# Navigation at every width (issue 25)
+# --------------------------------------------------------------------------- #
+# With pydata-sphinx-theme 0.17 under sphinx-book-theme 1.3 the visible sidebar
+# buttons did nothing (the themes wired up hidden copies in an extra top bar,
+# pydata/pydata-sphinx-theme#2451, executablebooks/sphinx-book-theme#988), and
+# that top bar showed a second search field. book/_config.yml drops the bar
+# (navbar_persistent: []); book/_static/nav-fix.js and nav-fix.css cover the
+# rest. Selectors come from the themes' templates: the buttons are
+# sphinx-book-theme's toggle-primary-sidebar.html / toggle-secondary-sidebar.html
+# (class primary-toggle / secondary-toggle; the one a reader can see is the
+# one tested), the chapter list is its sbt-sidebar-nav.html (nav.bd-docs-nav),
+# the page contents its page-toc.html (nav#pst-page-toc-nav), the search
+# buttons pydata-sphinx-theme's search-button*.html (.search-button__button),
+# which open its <dialog id="pst-search-dialog">.
+NAV_LINK = "nav.bd-docs-nav a"
+TOC_LINK = "nav#pst-page-toc-nav a"
+# a search button or field of the page itself, not the one inside the search pop-up
+SEARCH_ENTRY = ":is(.search-button__button, form.bd-search input):not(#pst-search-dialog *)"
+
+# Where an element is: drawn at all (not display:none, visibility:hidden or
+# opacity:0, itself or an ancestor), and wholly inside the viewport.
+_WHERE = """sel => {
+  const el = document.querySelector(sel);
+  if (!el) return null;
+  const r = el.getBoundingClientRect();
+  const shown = el.checkVisibility({visibilityProperty: true, opacityProperty: true})
+                && r.width > 0 && r.height > 0;
+  const inside = r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight;
+  return {shown, inside, box: [r.left, r.top, r.width, r.height].map(Math.round)};
+}"""
+_OPEN = f"sel => {{ const w = ({_WHERE})(sel); return !!w && w.shown && w.inside; }}"
+_CLOSED = f"""sel => {{ const w = ({_WHERE})(sel);
+  return !w || !w.shown || w.box[0] + w.box[2] <= 0 || w.box[0] >= innerWidth; }}"""
+STATE_TIMEOUT_MS = 30_000     # a sidebar slides in or out in well under a second: this only guards a hang
+
+
+def _nav_page() -> str:
+    assert CHAPTERS, "no chapter in the toc"
+    return CHAPTERS[0]          # a chapter: it has sections, so the page-contents button is there
+
+
+def _where(page, selector: str):
+    return page.evaluate(_WHERE, selector)
+
+
+def _visible_toggle(v: _Visit, kind: str, what: str):
+    """The one visible ``.primary-toggle`` / ``.secondary-toggle`` of the page."""
+    toggles = v.page.locator(f".{kind}").filter(visible=True)
+    n = toggles.count()
+    if n != 1:
+        every = v.page.locator(f".{kind}").evaluate_all("els => els.map(e => e.outerHTML.slice(0, 120))")
+        pytest.fail(f"{v.url} at {v.page.viewport_size}: expected exactly one visible {what} "
+                    f"button (.{kind}), found {n}; all of them: {every}", pytrace=False)
+    return toggles.first
+
+
+def _wait_until(v: _Visit, js: str, arg, message: str, detail=lambda: ""):
+    """Wait until the function ``js(arg)`` is true in the page; else fail with ``message``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        v.page.wait_for_function(js, arg=arg, timeout=STATE_TIMEOUT_MS)
+        return
+    except PlaywrightTimeout:
+        pass  # fail below, outside the except block, so the report shows only the message
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shot = SCREENSHOTS / f"nav_failed_{v.page.viewport_size['width']}px.png"
+    v.page.screenshot(path=str(shot))
+    pytest.fail(
+        f"{message}\n  after {STATE_TIMEOUT_MS} ms: {detail()} (page {v.url}, viewport "
+        f"{v.page.viewport_size}; screenshot {shot})\n  console errors: {v.errors}",
+        pytrace=False,
+    )
+
+
+def _wait_for(v: _Visit, state: str, selector: str, message: str):
+    """Wait until ``selector`` is open (shown, in the viewport) or closed; fail with ``message``."""
+    _wait_until(v, _OPEN if state == "open" else _CLOSED, selector, message,
+                lambda: f"{selector}: {_where(v.page, selector)}")
+
+
+def _tap_outside(v: _Visit, selector: str):
+    """Tap the page beside the open panel that holds ``selector`` (on its backdrop)."""
+    box = v.page.evaluate(
+        """sel => { const el = document.querySelector(sel);
+                    const panel = el.closest('dialog') || el.closest('.bd-sidebar-primary, .bd-sidebar-secondary') || el;
+                    const r = panel.getBoundingClientRect();
+                    return [r.left, r.right]; }""",
+        selector,
+    )
+    width, height = v.page.viewport_size["width"], v.page.viewport_size["height"]
+    left, right = box
+    x = (right + width) / 2 if width - right >= left else left / 2
+    assert (width - right >= 20) or (left >= 20), f"the open panel fills the screen ({box}): no backdrop to tap"
+    v.page.touchscreen.tap(x, height / 2)
+
+
+def _no_errors(v: _Visit):
+    assert not (v.errors or v.external or v.failed), (
+        f"{v.url}: " + "; ".join(v.errors + [f"blocked: {u}" for u in v.external] + v.failed)
+    )
+
+
+def _screenshot(v: _Visit, name: str):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    v.page.screenshot(path=str(SCREENSHOTS / f"nav_{name}.png"))
+
+
+def _assert_one_search_entry(v: _Visit):
+    """Exactly one search button/field in view (outside the search pop-up), and it opens search."""
+    page = v.page
+    entries = page.evaluate(
+        """sel => Array.from(document.querySelectorAll(sel))
+             .filter(e => e.checkVisibility({visibilityProperty: true, opacityProperty: true}))
+             .map(e => { const r = e.getBoundingClientRect();
+                         return {html: e.outerHTML.slice(0, 100),
+                                 box: [r.left, r.top, r.width, r.height].map(Math.round),
+                                 inside: r.top >= 0 && r.left >= 0
+                                         && r.right <= innerWidth && r.bottom <= innerHeight}; })""",
+        SEARCH_ENTRY,
+    )
+    assert len(entries) == 1, (
+        f"{v.url} at {page.viewport_size}: expected exactly one visible search entry point, "
+        f"found {len(entries)}: {entries}"
+    )
+    assert entries[0]["inside"], f"the search entry point is off screen: {entries[0]}"
+    page.locator(SEARCH_ENTRY).filter(visible=True).click()
+    _wait_for(v, "open", "#pst-search-dialog input[name=q]",
+              f"the search entry point {entries[0]['html']!r} did not open the search pop-up")
+    page.keyboard.press("Escape")
+    _wait_for(v, "closed", "#pst-search-dialog input[name=q]", "Escape did not close the search pop-up")
+
+
+def test_phone_chapter_list_button_opens_and_closes_the_primary_sidebar(visit):
+    """On a phone, the chapter-list button shows the chapter list; a tap beside it, or Escape, hides it."""
+    v = visit(_nav_page(), viewport=PHONE, touch=True)
+    _wait_for(v, "closed", NAV_LINK, "on a phone the chapter list should start hidden")
+    toggle = _visible_toggle(v, "primary-toggle", "chapter-list")
+
+    toggle.tap()
+    _wait_for(v, "open", NAV_LINK, "tapping the chapter-list button did not show the chapter list "
+              "(pydata-sphinx-theme#2451: is book/_static/nav-fix.js loaded?)")
+    _screenshot(v, "phone_chapter_list_open")
+    _tap_outside(v, NAV_LINK)
+    _wait_for(v, "closed", NAV_LINK, "tapping beside the open chapter list did not close it")
+
+    # open again, close with the keyboard
+    toggle.tap()
+    _wait_for(v, "open", NAV_LINK, "the chapter-list button did not open the list a second time")
+    v.page.keyboard.press("Escape")
+    _wait_for(v, "closed", NAV_LINK, "Escape did not close the chapter list")
+    _no_errors(v)
+
+
+def test_phone_page_contents_button_opens_and_closes_the_secondary_sidebar(visit):
+    """On a phone, the page-contents button shows the page's sections; a tap beside them hides them."""
+    v = visit(_nav_page(), viewport=PHONE, touch=True)
+    _wait_for(v, "closed", TOC_LINK, "on a phone the page contents should start hidden")
+    toggle = _visible_toggle(v, "secondary-toggle", "page-contents")
+
+    toggle.tap()
+    _wait_for(v, "open", TOC_LINK, "tapping the page-contents button did not show the page contents "
+              "(pydata-sphinx-theme#2451: is book/_static/nav-fix.js loaded?)")
+    _screenshot(v, "phone_page_contents_open")
+    _tap_outside(v, TOC_LINK)
+    _wait_for(v, "closed", TOC_LINK, "tapping beside the open page contents did not close them")
+
+    toggle.tap()
+    _wait_for(v, "open", TOC_LINK, "the page-contents button did not open them a second time")
+    _no_errors(v)
+
+
+def test_desktop_sidebar_toggle_collapses_and_expands_the_primary_sidebar(visit):
+    """On a desktop, the chapter-list button folds the chapter list away, and a second click brings it back."""
+    v = visit(_nav_page(), viewport=DESKTOP)
+    _wait_for(v, "open", NAV_LINK, "on a desktop the chapter list should start shown")
+    toggle = _visible_toggle(v, "primary-toggle", "chapter-list")
+    article = "article.bd-article"
+    left = f"() => document.querySelector('{article}').getBoundingClientRect().left"
+    left_before = v.page.evaluate(left)
+
+    toggle.click()
+    _wait_for(v, "closed", NAV_LINK, "the chapter-list button did not collapse the sidebar on a desktop "
+              "(sphinx-book-theme#988: is book/_static/nav-fix.js loaded?)")
+    _wait_until(v, f"x => ({left})() < x - 100", left_before,
+                "the article did not widen into the room of the collapsed chapter list",
+                lambda: f"{article} left edge {v.page.evaluate(left)}, was {left_before}")
+    _screenshot(v, "desktop_chapter_list_collapsed")
+    # with the chapter list (and its search field) folded away, search is still on screen
+    _assert_one_search_entry(v)
+
+    toggle.click()
+    _wait_for(v, "open", NAV_LINK, "a second click did not bring the chapter list back")
+    _wait_until(v, f"x => Math.abs(({left})() - x) < 1", left_before,
+                "the article did not move back beside the chapter list",
+                lambda: f"{article} left edge {v.page.evaluate(left)}, was {left_before}")
+    _no_errors(v)
+
+
+@pytest.mark.parametrize("viewport", [PHONE, DESKTOP], ids=["phone", "desktop"])
+def test_one_search_entry_point_and_no_empty_top_bar(visit, viewport):
+    """One search button or field on screen, which opens search; no near-empty top bar above the page."""
+    v = visit(_nav_page(), viewport=viewport)
+    # pydata-sphinx-theme's own top bar (#pst-header) held only a second search
+    # field and hidden sidebar buttons: it should take no room and show nothing
+    header = v.page.evaluate(
+        """() => { const h = document.getElementById('pst-header');
+                   if (!h) return null;
+                   const shown = Array.from(h.querySelectorAll('*'))
+                     .filter(e => e.checkVisibility({visibilityProperty: true, opacityProperty: true})
+                                  && e.getBoundingClientRect().width > 0
+                                  && e.getBoundingClientRect().height > 0)
+                     .map(e => e.outerHTML.slice(0, 100));
+                   return {height: h.getBoundingClientRect().height, shown}; }"""
+    )
+    assert header is None or (header["height"] < 1 and not header["shown"]), (
+        f"the near-empty top bar of pydata-sphinx-theme is back at {viewport} "
+        f"(book/_config.yml: html_theme_options navbar_persistent: []): {header}"
+    )
+    _assert_one_search_entry(v)
+    _no_errors(v)
