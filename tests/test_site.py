@@ -579,42 +579,29 @@ def _assert_one_search_entry(v: _Visit):
     _wait_for(v, "closed", "#pst-search-dialog input[name=q]", "Escape did not close the search pop-up")
 
 
-def test_phone_chapter_list_button_opens_and_closes_the_primary_sidebar(visit):
-    """On a phone, the chapter-list button shows the chapter list; a tap beside it, or Escape, hides it."""
+@pytest.mark.parametrize("toggle_class, label, link, escape_closes", [
+    ("primary-toggle", "chapter-list", NAV_LINK, True),
+    ("secondary-toggle", "page-contents", TOC_LINK, False),
+], ids=["chapter-list", "page-contents"])
+def test_phone_menu_button_opens_and_closes_its_sidebar(visit, toggle_class, label, link, escape_closes):
+    """On a phone, the chapter-list button shows the chapter list and the page-contents button the page's
+    sections; a tap beside them hides them (and Escape, for the chapter list)."""
     v = visit(_nav_page(), viewport=PHONE, touch=True)
-    _wait_for(v, "closed", NAV_LINK, "on a phone the chapter list should start hidden")
-    toggle = _visible_toggle(v, "primary-toggle", "chapter-list")
+    _wait_for(v, "closed", link, f"on a phone the {label} should start hidden")
+    toggle = _visible_toggle(v, toggle_class, label)
 
     toggle.tap()
-    _wait_for(v, "open", NAV_LINK, "tapping the chapter-list button did not show the chapter list "
+    _wait_for(v, "open", link, f"tapping the {label} button did not show the {label} "
               "(pydata-sphinx-theme#2451: is book/_static/nav-fix.js loaded?)")
-    _screenshot(v, "phone_chapter_list_open")
-    _tap_outside(v, NAV_LINK)
-    _wait_for(v, "closed", NAV_LINK, "tapping beside the open chapter list did not close it")
+    _screenshot(v, f"phone_{label}_open")
+    _tap_outside(v, link)
+    _wait_for(v, "closed", link, f"tapping beside the open {label} did not close it")
 
-    # open again, close with the keyboard
-    toggle.tap()
-    _wait_for(v, "open", NAV_LINK, "the chapter-list button did not open the list a second time")
-    v.page.keyboard.press("Escape")
-    _wait_for(v, "closed", NAV_LINK, "Escape did not close the chapter list")
-    _no_errors(v)
-
-
-def test_phone_page_contents_button_opens_and_closes_the_secondary_sidebar(visit):
-    """On a phone, the page-contents button shows the page's sections; a tap beside them hides them."""
-    v = visit(_nav_page(), viewport=PHONE, touch=True)
-    _wait_for(v, "closed", TOC_LINK, "on a phone the page contents should start hidden")
-    toggle = _visible_toggle(v, "secondary-toggle", "page-contents")
-
-    toggle.tap()
-    _wait_for(v, "open", TOC_LINK, "tapping the page-contents button did not show the page contents "
-              "(pydata-sphinx-theme#2451: is book/_static/nav-fix.js loaded?)")
-    _screenshot(v, "phone_page_contents_open")
-    _tap_outside(v, TOC_LINK)
-    _wait_for(v, "closed", TOC_LINK, "tapping beside the open page contents did not close them")
-
-    toggle.tap()
-    _wait_for(v, "open", TOC_LINK, "the page-contents button did not open them a second time")
+    toggle.tap()                                   # open again
+    _wait_for(v, "open", link, f"the {label} button did not open it a second time")
+    if escape_closes:
+        v.page.keyboard.press("Escape")
+        _wait_for(v, "closed", link, f"Escape did not close the {label}")
     _no_errors(v)
 
 
