@@ -654,3 +654,41 @@ def test_one_search_entry_point_and_no_empty_top_bar(visit, viewport):
     )
     _assert_one_search_entry(v)
     _no_errors(v)
+
+
+# --------------------------------------------------------------------------- #
+# Wide content at phone and desktop widths (book/_static/fit.css)
+# --------------------------------------------------------------------------- #
+_FIT = """() => {
+  const column = document.querySelector('article.bd-article') || document.querySelector('main');
+  const right = column.getBoundingClientRect().right + 1;
+  const equations = Array.from(document.querySelectorAll('div.math mjx-container[display="true"]'));
+  const wide = equations.filter(e => e.scrollWidth > e.clientWidth + 1);
+  const hidden = wide.filter(e => !['auto', 'scroll'].includes(getComputedStyle(e).overflowX))
+                     .map(e => e.textContent.slice(0, 60));
+  const past = equations.filter(e => e.getBoundingClientRect().right > right)
+                        .map(e => e.textContent.slice(0, 60));
+  const players = Array.from(document.querySelectorAll('.animation'))
+                       .filter(p => p.getBoundingClientRect().right > right).length;
+  return {equations: equations.length, wide: wide.length, hidden, past, players,
+          page: document.scrollingElement.scrollWidth, viewport: window.innerWidth};
+}"""
+
+
+@pytest.mark.parametrize("width", ["phone", "desktop"])
+def test_wide_maths_and_players_fit_the_column_or_scroll_visibly(visit, width):
+    """Every display equation stays inside the column; one wider than the column scrolls (it is never cut
+    off); players shrink to the column; no page scrolls sideways. Prints how many equations scroll."""
+    report = []
+    for docname in CHAPTERS:
+        v = visit(docname, viewport=PHONE if width == "phone" else DESKTOP)
+        fit = v.page.evaluate(_FIT)
+        report.append(f"{docname}: {fit['wide']} of {fit['equations']} display equations scroll")
+        assert not fit["hidden"], f"{docname} at {width} width: equations cut off, no scrollbar: {fit['hidden']}"
+        assert not fit["past"], f"{docname} at {width} width: equations past the column: {fit['past']}"
+        assert fit["players"] == 0, f"{docname} at {width} width: {fit['players']} player(s) wider than the column"
+        assert fit["page"] <= fit["viewport"], (
+            f"{docname} at {width} width: the page scrolls sideways ({fit['page']} px wide in a "
+            f"{fit['viewport']} px viewport)")
+        v.close()
+    print(f"\n{width}: " + "; ".join(report))
