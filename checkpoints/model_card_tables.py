@@ -131,7 +131,22 @@ def sampler_goals(root: Path) -> tuple[list[str], list[str]]:
     return files, lines
 
 
-TABLES = {"quality": quality, "seeds": seeds, "candidate": candidate, "sampler-goals": sampler_goals}
+def ablation_paired(root: Path) -> tuple[list[str], list[str]]:
+    """The ablation's paired tests (section "The ablation's leads, paired"): each change against the baseline,
+    training seeds as groups, from ``experiments/ablation.py --keep-samples --paired``."""
+    files = ["experiments/results/ablation.json"]
+    entries = load(root, files[0])["entries"]
+    lines = header("change (ablation variant)", "training seeds", "FD / FD of the baseline", "95% interval",
+                   "verdict")
+    for key, e in entries.items():
+        if key.startswith("paired:"):
+            lines.append(row([f"`{key.split(':', 1)[1]}`", ", ".join(str(s) for s in e["train_seeds"]),
+                              f"{e['ratio']:.2f}", f"{e['low']:.2f} to {e['high']:.2f}", e["verdict"]]))
+    return files, lines
+
+
+TABLES = {"quality": quality, "seeds": seeds, "candidate": candidate, "sampler-goals": sampler_goals,
+          "ablation-paired": ablation_paired}
 
 # --------------------------------------------------------------------------- the card
 

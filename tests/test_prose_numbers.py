@@ -461,6 +461,20 @@ def test_model_card_quotes_the_ablation_behind_the_half_width_candidate():
     q.check()
 
 
+def test_model_card_states_the_paired_rules_error_rate_where_it_decides_the_leads():
+    """'The ablation's leads, paired' quotes the rule's measured false-positive rate (paired_rule.json) and the
+    chance that one of the five leads passes by it; its table is generated from ablation.json."""
+    nulls = [results("paired_rule")[k] for k in ("null:real", "null:model")]
+    rate = sum(r["verdicts"]["better"] + r["verdicts"]["worse"] for r in nulls) / sum(r["repeats"] for r in nulls)
+    leads = [k for k in results("ablation") if k.startswith("paired:") and k.split(":")[1] in (
+        "time_at_input", "v_prediction", "x0_prediction", "lr_decay_2e-3", "cosine_clip")]
+    assert len(leads) == 5
+    q = card_quotes()
+    q.expect("the rule's false-positive rate, and the chance of one pass in five", f"{100 * rate:.1f}%",
+             f"{100 * (1 - (1 - rate) ** len(leads)):.0f}%")
+    q.check()
+
+
 def test_model_card_reports_the_candidate_under_the_protocol():
     """The candidate's scores under the protocol are those of its committed reports, at five sampling seeds, next to
     the shipped checkpoints' ratios at the same seeds (the table itself is generated)."""
