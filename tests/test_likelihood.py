@@ -303,5 +303,5 @@ def test_committed_result_is_consistent_and_the_model_card_quotes_it():
     assert report["command"] in text
     assert f"first {n} MNIST test digits" in text
     assert f"**{report['bits_per_dim']:.3f} bits/dim**, standard error {report['bits_per_dim_sem']:.3f}" in text
-    assert f"L_0 {report['l0_bits_per_dim']:.3f}" in text and f"KL terms {report['kl_bits_per_dim']:.3f}" in text
+    assert f"$L_0$ {report['l0_bits_per_dim']:.3f}" in text and f"KL terms {report['kl_bits_per_dim']:.3f}" in text
     assert f"{report['wall_seconds']:.0f} s of wall clock" in text and report["cpu"] in text
