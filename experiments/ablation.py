@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import base64
 import copy
+import re
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -342,8 +343,10 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
 def run_paired(results: ResultsFile, name: str, sample_seeds: list[int]) -> None:
     """Entry ``paired:NAME``: the baseline against variant ``name`` (module docstring, "Paired comparisons"),
     over every training seed for which both keep the images of all ``sample_seeds``."""
-    seeds = sorted(s for s in range(100) if all(kept_path(n, s, k).exists() for n in ("baseline", name)
-                                                for k in sample_seeds))
+    kept = {p.name for p in SAMPLES.glob("*.npz")}
+    train_seeds = {int(m.group(1)) for p in kept if (m := re.fullmatch(rf"{re.escape(name)}_train(\d+)_sample\d+\.npz", p))}
+    seeds = sorted(s for s in train_seeds if all(kept_path(n, s, k).name in kept for n in ("baseline", name)
+                                                 for k in sample_seeds))
     if not seeds:
         print(f"paired:{name}: no training seed has kept images of both the baseline and {name} "
               f"(sampling seeds {sample_seeds}); run with --keep-samples first", flush=True)

@@ -66,16 +66,21 @@ def _images(ckpt, numerics, sampler: str, steps: int, n: int = N, batch: int = B
 
 def paired_plan(results, ckpt, numerics) -> None:
     reference = features(np.load(REFERENCE_SAMPLES))
+    feats = {}  # (sampler, steps) -> features, each set featurised once
+
+    def features_of(sampler, steps):
+        if (sampler, steps) not in feats:
+            feats[sampler, steps] = features(_images(ckpt, numerics, sampler, steps))
+        return feats[sampler, steps]
     for sampler, steps in PAIRED:
         key = f"paired:{sampler}:{steps}"
         if not results.has(key):
-            c = compare_paired(reference, features(_images(ckpt, numerics, sampler, steps)), paired=False)
+            c = compare_paired(reference, features_of(sampler, steps), paired=False)
             results.put(key, {"a": "ddpm:1000 (batch 500)", "b": f"{sampler}:{steps}", "seed": 0, **c.as_dict()})
             print(f"{key} vs Algorithm 2, 1000 steps: {c}", flush=True)
     key = "paired:dpmpp-sde:20:vs:50"
     if not results.has(key):
-        c = compare_paired(features(_images(ckpt, numerics, "dpmpp-sde", 50)),
-                           features(_images(ckpt, numerics, "dpmpp-sde", 20)))
+        c = compare_paired(features_of("dpmpp-sde", 50), features_of("dpmpp-sde", 20))
         results.put(key, {"a": "dpmpp-sde:50", "b": "dpmpp-sde:20", "seed": 0, **c.as_dict()})
         print(f"{key}: {c}", flush=True)
 

@@ -122,6 +122,8 @@ def main(argv=None) -> int:
             features(test.images[:10_000], classifier), test.labels[:10_000])})
     real_var = results.get("real")["within_class_variance"]
     numerics = choose_numerics(ckpt.model, purpose="sample", batch_size=500)
+    w0_path = _path(f"{args.sampler}_{args.steps}_w0_seed{args.seed}")
+    w0_feats = None  # the unguided samples' features, computed once, for every weight's paired comparison
     for w in args.weights:
         key = f"{args.sampler}:{args.steps}:w{w:g}:seed{args.seed}"
         if results.has(key):
@@ -137,6 +139,7 @@ def main(argv=None) -> int:
         correct = predicted == asked
         per_digit = [int(correct[asked == k].sum()) for k in range(10)]
         worst = int(np.argmin(per_digit))
+        feats = features(images, classifier)
         report = evaluate_samples(images, seed=args.seed, classifier=classifier)
         report.update(
             w=w, guidance_scale_diffusers=1 + w, sampler=args.sampler, steps=args.steps, seed=args.seed,
@@ -145,21 +148,20 @@ def main(argv=None) -> int:
             accuracy_per_digit=[c / PER_DIGIT for c in per_digit],
             worst_digit=worst, worst_digit_interval=wilson_interval(per_digit[worst], PER_DIGIT),
             confidence_in_asked=float(probs[torch.arange(len(asked)), asked].mean()),
-            within_class_variance=within_class_variance(features(images, classifier), asked),
+            within_class_variance=within_class_variance(feats, asked),
             sample_seconds=round(seconds, 1),
         )
-        w0 = _path(f"{args.sampler}_{args.steps}_w0_seed{args.seed}")
-        if w0.exists() and w != 0:
-            w0 = load_images(w0)
-            report["vs_w0"] = compare_paired(features(w0, classifier), features(images, classifier)).as_dict()
+        if w0_path.exists() and w != 0:
+            if w0_feats is None:
+                w0_feats = features(load_images(w0_path), classifier)
+            report["vs_w0"] = compare_paired(w0_feats, feats).as_dict()
         report["diversity_vs_real"] = report["within_class_variance"] / real_var
         results.put(key, report)
         print(f"{key}: accuracy {report['accuracy']:.3f}, FD {report['fd']:.2f} (floor {report['fd_floor']:.2f}), "
               f"diversity {report['diversity_vs_real']:.2f} of real, {seconds:.0f} s", flush=True)
     key = f"balanced:{args.sampler}:{args.steps}"
-    w0 = _path(f"{args.sampler}_{args.steps}_w0_seed{args.seed}")
-    if not results.has(key) and w0.exists():
-        entry = balanced_entry(args, classifier, load_images(w0))
+    if not results.has(key) and w0_path.exists():
+        entry = balanced_entry(args, classifier, load_images(w0_path))
         results.put(key, entry)
         print(f"{key}: FD {entry['balanced']['fd']:.2f} balanced, {entry['plain']['fd']:.2f} plain; "
               f"w = 0 vs balanced: {entry['w0_vs_balanced']['ratio']:.2f} "
