@@ -1,9 +1,15 @@
 """Noise-prediction networks eps_theta(x_t, t) (Ho et al. 2020, section 3.3 and appendix B).
 
 Two models, both called as ``model(x, t)`` with images ``x`` of shape
-(B, C, H, W) scaled to [-1, 1] and integer timesteps ``t`` of shape (B,), and
+(B, C, H, W) scaled to [-1, 1] and timesteps ``t`` of shape (B,), and
 both returning a tensor shaped like ``x``: the predicted noise eps (or, with
-``ModelConfig.prediction``, the clean image x0 or v; the samplers convert).
+``ModelConfig.prediction``, the clean image x0, v, or a flow's velocity; the samplers convert).
+
+Timesteps are integers in [0, T) or, as a float tensor, real numbers in [0, T - 1]: the
+sinusoidal embedding is a smooth function of t, so a network can be asked about a noise
+level between two of its schedule's steps (the EDM sampler does, :mod:`ddpm_lib.sampling.edm`)
+or trained on continuous time (flow matching, :mod:`ddpm_lib.flow`, feeds t in [0, 1] as
+t (T - 1)).
 
 * :class:`SimpleUNet` -- the design of the small CPU MNIST DDPM this book grew from
   (chapter 10 calls it "the origin"), kept as an exhibit: the
@@ -29,7 +35,8 @@ import torch.nn.functional as F
 from ._config import JSONConfig
 
 ARCHITECTURES = ("unet", "simple")
-PREDICTIONS = ("eps", "x0", "v")         # what the network outputs, see DiffusionSchedule.eps_from_prediction
+PREDICTIONS = ("eps", "x0", "v", "velocity")   # what the network outputs: see DiffusionSchedule.eps_from_prediction;
+                                               # "velocity" is a flow's dx_t/dt (ddpm_lib.flow)
 TIME_EMBEDDINGS = ("every_block", "input")
 NORMS = ("group", "batch")
 
@@ -74,7 +81,8 @@ class ModelConfig(JSONConfig):
     num_classes: int = 0              # UNet only: > 0 adds a class embedding (labels 0..num_classes-1, and
                                       # num_classes = "no label", for classifier-free guidance); 0: unconditional
     prediction: str = "eps"           # the network's output: the noise eps, the clean image x0, or v (Salimans &
-                                      # Ho 2022); samplers convert it to eps (DiffusionSchedule.eps_from_prediction)
+                                      # Ho 2022), which samplers convert to eps (DiffusionSchedule.eps_from_prediction);
+                                      # or "velocity", a flow-matching network's dx_t/dt (ddpm_lib.flow)
     time_embedding: str = "every_block"  # UNet only: "every_block" (DDPM) or "input" (added once, as SimpleUNet does)
     norm: str = "group"               # UNet only: "group" (GroupNorm, DDPM) or "batch" (BatchNorm, as SimpleUNet)
 
@@ -115,15 +123,20 @@ class _Base(nn.Module):
             raise ValueError(
                 f"expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}{hint}"
             )
-        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise TypeError("timesteps must be an integer tensor of shape (B,)")
+        if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.is_complex():
+            raise TypeError("timesteps must be a tensor of shape (B,): integers, or real numbers (a float tensor)")
         if t.shape != (x.shape[0],):
             raise ValueError(f"expected timesteps of shape ({x.shape[0]},), got {tuple(t.shape)}")
-        if len(t) and (int(t.min()) < 0 or int(t.max()) >= c.num_timesteps):
-            raise ValueError(
-                f"timestep out of range: got values in [{int(t.min())}, {int(t.max())}], "
-                f"expected integers in [0, {c.num_timesteps})"
-            )
+        if not len(t):
+            pass
+        elif not t.dtype.is_floating_point:
+            if int(t.min()) < 0 or int(t.max()) >= c.num_timesteps:
+                raise ValueError(f"timestep out of range: got values in [{int(t.min())}, {int(t.max())}], "
+                                 f"expected integers in [0, {c.num_timesteps})")
+        elif not bool(torch.isfinite(t).all()) or float(t.min()) < 0 or float(t.max()) > c.num_timesteps - 1:
+            raise ValueError(f"timestep out of range: got real values in [{float(t.min()):g}, {float(t.max()):g}], "
+                             f"expected finite numbers in [0, {c.num_timesteps - 1}] (between the first and the "
+                             f"last of the {c.num_timesteps} steps)")
         if y is None:
             return
         if not c.num_classes:
@@ -323,7 +336,7 @@ class UNet(_Base):
         temb = self.time_mlp(sinusoidal_embedding(t, c.base_channels).to(x.dtype))
         if self.class_emb is not None:
             if y is None:
-                y = torch.full_like(t, c.num_classes)
+                y = torch.full(t.shape, c.num_classes, dtype=torch.long, device=t.device)
             temb = temb + self.class_emb(y.to(t.device)).to(temb.dtype)
         h = self.conv_in(x)
         if self.temb_in is not None:      # time at the input only: added once, like SimpleUNet

@@ -74,5 +74,25 @@ def test_bad_inputs_are_rejected(arch):
         m(torch.zeros(2, 1, 28, 28), torch.tensor([1, 1000]))
     with pytest.raises(ValueError, match=r"timesteps of shape \(2,\)"):
         m(torch.zeros(2, 1, 28, 28), torch.tensor(3))
-    with pytest.raises(TypeError, match="integer"):
-        m(torch.zeros(2, 1, 28, 28), torch.tensor([0.1, 0.2]))
+    with pytest.raises(TypeError, match="integers, or real numbers"):
+        m(torch.zeros(2, 1, 28, 28), torch.tensor([True, False]))
+
+
+def test_real_valued_timesteps_interpolate_the_integer_ones():
+    """A float timestep is a point between two steps: at an integer value the network's output is exactly the
+    integer timestep's, and between steps it moves continuously (the embedding is smooth in t)."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(base_channels=16, num_res_blocks=1, num_timesteps=100)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        at_int = model(x, torch.tensor([10, 99]))
+        at_float = model(x, torch.tensor([10.0, 99.0]))
+        near = model(x, torch.tensor([10.001, 98.999]))
+        between = model(x, torch.tensor([10.5, 98.5]))
+    torch.testing.assert_close(at_float, at_int, rtol=0, atol=1e-6)
+    assert (near - at_int).abs().max() < 1e-2 < (between - at_int).abs().max()
+    for bad in (torch.tensor([-0.5, 3.0]), torch.tensor([3.0, 99.5]), torch.tensor([float("nan"), 3.0])):
+        with pytest.raises(ValueError, match=r"expected finite numbers in \[0, 99\]"):
+            model(x, bad)
+    with pytest.raises(TypeError, match="integers, or real numbers"):
+        model(x, torch.tensor([True, False]))

@@ -64,9 +64,13 @@ class BatchContext:
     progress: bool = False
     callback: Callable[[int, torch.Tensor], None] | None = None
 
-    def output(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        """The network's output in float32 for the whole batch at the integer timestep ``t``."""
-        tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=self.device)
+    def output(self, x: torch.Tensor, t: int | float) -> torch.Tensor:
+        """The network's output in float32 for the whole batch at timestep ``t``: an integer step, or a Python
+        float for a point between steps (the network's time, in [0, T - 1])."""
+        if isinstance(t, float):
+            tt = torch.full((x.shape[0],), t, dtype=torch.float32, device=self.device)
+        else:
+            tt = torch.full((x.shape[0],), int(t), dtype=torch.long, device=self.device)
         with self.numerics.autocast(self.device):
             return self.net(x, tt).float()
 
