@@ -28,6 +28,7 @@ from torch import nn
 
 from ._io import atomic_write_bytes
 from .cold import BlurDegradation
+from .flow import LinearPath
 from .models import ModelConfig, build_model
 from .schedule import DiffusionSchedule, make_schedule
 
@@ -119,9 +120,12 @@ def schedule_to_dict(schedule: DiffusionSchedule) -> dict:
 
 
 def forward_process_from_dict(d: dict):
-    """The forward process a checkpoint records: a DiffusionSchedule, or a cold-diffusion blur (``kind="blur"``)."""
+    """The forward process a checkpoint records: a DiffusionSchedule, a cold-diffusion blur (``kind="blur"``), or a
+    flow-matching model's linear path (``kind="flow"``)."""
     if d["kind"] == BlurDegradation.kind:
         return BlurDegradation(d["T"])
+    if d["kind"] == LinearPath.kind:
+        return LinearPath(d["T"])
     return make_schedule(d["kind"], d["T"])
 
 

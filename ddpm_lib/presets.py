@@ -185,6 +185,12 @@ PRESETS: dict[str, Recipe] = {
         f"the shipped recipe with a class embedding for classifier-free guidance (labels dropped with probability "
         f"0.1), {CONDITIONAL_STEPS:,} steps: about 36 minutes on a 2-core AVX-512 CPU, see the model card",
     ),
+    "flow": Recipe(
+        replace(_UNET, prediction="velocity"), "flow", 1000, _SHIPPED_TRAIN,
+        f"the shipped recipe with the flow-matching objective (the linear path x_t = (1 - t) x_0 + t eps, the "
+        f"network predicts the velocity eps - x_0): the same network, batch and {SHIPPED_STEPS:,} steps, so the "
+        "same CPU budget as the shipped checkpoint",
+    ),
     "tiny": Recipe(
         ModelConfig(arch="unet", base_channels=16, channel_mults=(1, 2), num_res_blocks=1, attention=False,
                     num_timesteps=100),

@@ -259,8 +259,9 @@ def _resume(run: _Run) -> None:
                   "raise steps (--steps) to train on", flush=True)
 
 
-def _draw_batch(run: _Run, perm: torch.Tensor):
-    """Lines 2-4 of Algorithm 1 for this step: x_0 in the epoch's order, t ~ Uniform, eps ~ N(0, I).
+def _draw_batch(run: _Run, perm: torch.Tensor, loss_fn):
+    """Lines 2-4 of Algorithm 1 for this step: x_0 in the epoch's order, t ~ Uniform (drawn as the loss says:
+    integer steps for DDPM, real times for flow matching), eps ~ N(0, I).
 
     Every process draws the whole batch, as one process would, and keeps its slice.
     """
@@ -268,7 +269,7 @@ def _draw_batch(run: _Run, perm: torch.Tensor):
     i = run.step % (len(run.data) // b)
     idx = perm[i * b:(i + 1) * b]
     x0 = run.data[idx]
-    t = torch.randint(0, run.schedule.T, (b,), generator=run.generator)     # t ~ Uniform
+    t = loss_fn.sample_t(b, run.generator)                                  # t ~ Uniform
     noise = torch.randn(x0.shape, generator=run.generator)                  # eps ~ N(0, I)
     # class-conditional: each label dropped to the null label with probability p_uncond (drawn after
     # t and eps, so unconditional runs draw exactly what they always drew)
@@ -367,7 +368,7 @@ def _loop(run: _Run, loss_fn, result: TrainResult, bar, callback, stop: _StopFla
         if epoch != run.step // per_epoch:
             epoch = run.step // per_epoch
             perm = _epoch_permutation(len(run.data), config.seed, epoch)
-        x0, t, noise, y = _draw_batch(run, perm)
+        x0, t, noise, y = _draw_batch(run, perm, loss_fn)
         for group in run.optimizer.param_groups:
             group["lr"] = config.lr_at(run.step, run.seconds)
         try:

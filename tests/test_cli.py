@@ -243,7 +243,8 @@ def test_out_of_range_options_get_one_line_errors(tiny_checkpoint, tmp_path):
         main(["sample", "--checkpoint", str(tiny_checkpoint), "--batch-size", "0", "--out", str(tmp_path / "x.npy")])
 
 
-@pytest.mark.parametrize("sampler, steps", [("ddpm", "10"), ("ddim", "10"), ("dpmpp", "10"), ("dpmpp-sde", "10")])
+@pytest.mark.parametrize("sampler, steps", [("ddpm", "10"), ("ddim", "10"), ("dpmpp", "10"), ("dpmpp-sde", "10"),
+                                            ("edm", "9")])
 def test_every_sampler_draws_from_the_command_line(tiny_checkpoint, tmp_path, sampler, steps):
     out = tmp_path / "x.npy"
     assert main(["sample", "--checkpoint", str(tiny_checkpoint), "--n", "3", "--sampler", sampler,
@@ -323,7 +324,9 @@ def test_sampler_options_come_from_the_registry_and_foreign_ones_are_refused(tin
                                                 "--clip-x0"),
                              (["--sampler", "ddim", "--variance", "none"], "--variance does not apply to --sampler "
                                                                            "ddim"),
-                             (["--sampler", "dpmpp", "--eta", "0"], "--sampler dpmpp takes --clip-x0")]:
+                             (["--sampler", "dpmpp", "--eta", "0"], "--sampler dpmpp takes --clip-x0"),
+                             (["--sampler", "ddim", "--churn", "1"], "--churn does not apply to --sampler ddim .*"
+                                                                      "--sampler edm")]:
         with pytest.raises(SystemExit, match=message):
             main(["sample", "--checkpoint", str(tiny_checkpoint), *options, "--out", out])
     with pytest.raises(SystemExit, match=r"--steps must be between 1 and 50 for --sampler dpmpp-sde"):

@@ -185,7 +185,8 @@ def test_sample_checks_steps_and_options_against_the_registry():
     s = make_schedule("linear", 40)
     m = ConstantEps(0.0, 40)
     assert {k: (v.default_steps(1000), v.max_steps(1000)) for k, v in SAMPLERS.items()} == {
-        "ddpm": (1000, 1000), "ddim": (50, 1000), "dpmpp": (20, 500), "dpmpp-sde": (20, 500)}
+        "ddpm": (1000, 1000), "ddim": (50, 1000), "dpmpp": (20, 500), "dpmpp-sde": (20, 500),
+        "edm": (35, 1999), "euler": (20, 1000), "midpoint": (20, 1000), "heun": (20, 1000)}
     assert SAMPLERS["ddpm"].defaults() == {"variance": "beta", "clip_x0": False}
     with pytest.raises(ValueError, match="sampler 'ddpm' takes no option 'eta': its options are variance, clip_x0"):
         sample(m, s, 1, "ddpm", eta=0.5)

@@ -17,14 +17,16 @@ from typing import NamedTuple
 import torch
 
 from ..presets import PRESETS
-from ..sampling import RUN_DEFAULTS, SAMPLERS, VARIANCES, Sampler, sample
+from ..sampling import RUN_DEFAULTS, SAMPLERS, VARIANCES, Sampler, process_of, sample, samplers_for
 from .._io import Output
 from ._common import (MAX_COUNT, UsageError, add_device_arg, add_force_arg, add_numerics_args, check_number,
                       check_outputs, check_samples_finite, check_seed, device, save_npy)
 
 #: the sampler options the command line offers: the samplers' name for each, and its flag
-SAMPLER_FLAGS = {"variance": "--variance", "eta": "--eta", "clip_x0": "--clip-x0"}
+SAMPLER_FLAGS = {"variance": "--variance", "eta": "--eta", "churn": "--churn", "clip_x0": "--clip-x0"}
 DEFAULT_SAMPLER = inspect.signature(sample).parameters["sampler"].default
+#: the sampler a flow-matching checkpoint gets when --sampler is not given
+DEFAULT_FLOW_SAMPLER = "euler"
 #: the T of the first preset (the shipped recipe), to show what --steps means in the help
 _HELP_T = next(iter(PRESETS.values())).T
 
@@ -51,14 +53,18 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
     p.add_argument("--n", type=int, default=64, help="number of images (with --class all: per digit)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", choices=list(SAMPLERS), default=DEFAULT_SAMPLER,
-                   help="; ".join(f"{s.name}: {s.about}" for s in SAMPLERS.values()) + f" (default {DEFAULT_SAMPLER})")
+    p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                   help="; ".join(f"{s.name}: {s.about}" for s in SAMPLERS.values()) +
+                   f" (default {DEFAULT_SAMPLER}, or {DEFAULT_FLOW_SAMPLER} for a flow-matching checkpoint)")
     p.add_argument("--steps", type=int, default=None, help=_steps_help())
     p.add_argument("--variance", choices=list(VARIANCES), default=None,
                    help=f"sigma_t^2 of {_takers('variance')} (default {_default('variance')}; 'none' drops the "
                         "noise term)")
     p.add_argument("--eta", type=float, default=None,
                    help=f"eta of {_takers('eta')} (default {_default('eta')}: deterministic)")
+    p.add_argument("--churn", type=float, default=None,
+                   help=f"S_churn of {_takers('churn')} (Karras et al. 2022, Algorithm 2; default {_default('churn')}: "
+                        "deterministic)")
     p.add_argument("--clip-x0", action="store_true", default=None,
                    help="clip each step's prediction of x_0 to [-1, 1], as the paper's released code does "
                         f"({_takers('clip_x0')}; the DPM-Solvers clip their data prediction)")
@@ -137,6 +143,7 @@ def check_sampler_args(args, min_n: int = 1, n_hint: str = "") -> None:
     check_seed("--seed", args.seed)
     check_number("--steps", args.steps, 1, MAX_COUNT)
     check_number("--eta", args.eta, 0, 1, hint=" (0: deterministic, 1: as random as ddpm)")
+    check_number("--churn", args.churn, 0, 1000, hint=" (0: deterministic; Karras et al. use up to about 80)")
     check_number("--guidance", args.guidance, 0, 100, hint=" (0: no guidance; useful weights are below 10)")
     check_number("--batch-size", args.batch_size, 1, MAX_COUNT)
     device(args.device)                 # a device this machine lacks is bad input too
@@ -155,9 +162,16 @@ def plan(args) -> Plan:
     from ..checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
     from ..numerics import choose_numerics
 
-    entry = SAMPLERS[args.sampler]
-    extra = _sampler_options(args, entry)
     ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
+    kind = process_of(ckpt.schedule)
+    if args.sampler is None:
+        args.sampler = DEFAULT_FLOW_SAMPLER if kind == "flow" else DEFAULT_SAMPLER
+    entry = SAMPLERS[args.sampler]
+    if entry.process != kind:
+        fits = " or ".join(samplers_for(ckpt.schedule))
+        raise UsageError(f"--sampler {args.sampler} samples a {entry.process} model, but "
+                         f"{args.checkpoint or SHIPPED_CHECKPOINT} is a {kind} model: use --sampler {fits}")
+    extra = _sampler_options(args, entry)
     dev = device(args.device)
     ckpt.model.to(dev)
     labels = _class_labels(args, ckpt.model)

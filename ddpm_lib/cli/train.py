@@ -71,8 +71,38 @@ def _configs(args, recipe):
         hint = (f"; this preset's network halves the image {halvings} times, so --image-size must be a multiple of "
                 f"{2 ** halvings}" if "image_size" in str(e) else "")
         raise UsageError(f"{_as_options(str(e), model_over)}{hint}") from None
+    model_cfg = _objective(args, recipe, model_cfg)
     _check_architecture(model_cfg)
     return model_cfg, tc
+
+
+def _objective(args, recipe, model_cfg):
+    """The model config for --objective: a flow-matching network predicts the velocity (and trains on the linear
+    path, :func:`_forward_process_kind`); a DDPM one anything else."""
+    if _flow(args, recipe):
+        for flag, given in (("--schedule", args.schedule), ("--min-snr-gamma", args.min_snr_gamma)):
+            if given:
+                raise UsageError(f"{flag} belongs to a DDPM noise schedule; --objective flow trains on the linear "
+                                 "path x_t = (1 - t) x_0 + t eps: drop it")
+        if args.prediction not in (None, "velocity"):
+            raise UsageError(f"--objective flow trains a network that predicts the velocity eps - x_0, not "
+                             f"{args.prediction}: drop --prediction")
+        return replace(model_cfg, prediction="velocity")
+    if args.prediction == "velocity":
+        raise UsageError("--prediction velocity is a flow-matching network's: add --objective flow")
+    return replace(model_cfg, prediction="eps") if model_cfg.prediction == "velocity" else model_cfg
+
+
+def _flow(args, recipe) -> bool:
+    """Whether the run trains flow matching: --objective, else the preset's."""
+    return (args.objective or ("flow" if recipe.schedule == "flow" else "diffusion")) == "flow"
+
+
+def _forward_process_kind(args, recipe) -> str:
+    """The forward process a checkpoint records (:func:`ddpm_lib.checkpoint.forward_process_from_dict`)."""
+    if _flow(args, recipe):
+        return "flow"
+    return args.schedule or (recipe.schedule if recipe.schedule != "flow" else "linear")
 
 
 def _check_architecture(cfg) -> None:
@@ -151,7 +181,7 @@ def cmd_train(args) -> int:
     dev = device(args.device)
     if ranks.is_main:
         _check_run_outputs(args, out_dir, tc)
-    sched_kind, T = args.schedule or recipe.schedule, model_cfg.num_timesteps
+    sched_kind, T = _forward_process_kind(args, recipe), model_cfg.num_timesteps
     # the folder is this process's from before the data is loaded to after the export (rank 0 writes, and locks)
     with RunLock(out_dir) if ranks.is_main else contextlib.nullcontext():
         if ranks.is_main:
@@ -170,12 +200,12 @@ def _run(args, model_cfg, tc, sched_kind, T, data, labels, out_dir, dev, ranks) 
     """Train, report, and export: the work of ``train`` once every check has passed."""
     from .. import distributed
     from .._io import atomic_write_bytes
-    from ..schedule import make_schedule
+    from ..checkpoint import forward_process_from_dict
     from ..training import train
 
     wall0 = time.perf_counter()
     try:
-        result = train(model_cfg, make_schedule(sched_kind, T), tc, data, out_dir, resume=not args.no_resume,
+        result = train(model_cfg, forward_process_from_dict({"kind": sched_kind, "T": T}), tc, data, out_dir, resume=not args.no_resume,
                        labels=labels, progress=not args.no_progress, device=dev, dist_timeout_s=args.dist_timeout,
                        overwrite=args.force)
     finally:
@@ -242,6 +272,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--time-embedding", choices=list(TIME_EMBEDDINGS),
                    help="UNet: where the time embedding enters (default every_block)")
     p.add_argument("--norm", choices=list(NORMS), help="UNet: GroupNorm (group, default) or BatchNorm (batch)")
+    p.add_argument("--objective", choices=["diffusion", "flow"],
+                   help="diffusion: DDPM's L_simple on --schedule; flow: flow matching on the linear path "
+                        "x_t = (1 - t) x_0 + t eps, the network predicting the velocity eps - x_0 (Lipman et al. "
+                        "2023; sample with --sampler euler, midpoint or heun); default the preset's (diffusion, "
+                        "or flow for --preset flow)")
     p.add_argument("--schedule", choices=list(SCHEDULE_KINDS))
     p.add_argument("--T", type=int)
     p.add_argument("--data", default=DATA_SOURCES[0], metavar="SOURCE",

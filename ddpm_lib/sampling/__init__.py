@@ -5,6 +5,10 @@
 * :mod:`.ddim` -- DDIM (Song et al. 2021): ``ddim_step``, ``ddim_sample``, inversion;
 * :mod:`.dpm_solver` -- DPM-Solver++(2M) and its SDE variant (Lu et al. 2022): ``dpm_solver_pp_step``,
   ``dpm_solver_sample``;
+* :mod:`.edm` -- Karras et al. (2022)'s sampler: Heun on the probability-flow ODE at Eq. 5's noise levels,
+  optional churn (Algorithm 2): ``edm_step``, ``edm_sample``;
+* :mod:`.flow` -- a flow-matching model's ODE (:mod:`ddpm_lib.flow`) with Euler, midpoint or Heun steps:
+  ``flow_step``, ``flow_sample``;
 * :mod:`.cold` -- cold diffusion's sampler (Bansal et al. 2022);
 * :mod:`._loop` -- what they share: batches, seeds, numerics, class labels, progress and callback, the
   *run options* of :func:`run_batches` that every sampler takes as ``**run`` and passes through.
@@ -13,8 +17,9 @@ Every sampler returns the images, a float tensor (n, C, H, W) on the CPU; the st
 come through the ``callback`` run option (:func:`record_trajectory` keeps them).
 
 :data:`SAMPLERS` is the registry of the samplers :func:`sample` picks by name (the CLI's
-``--sampler``): for each, its function, its default and largest number of steps, and the options
-it takes besides the run options. Cold diffusion's :func:`cold_sample` is not in it: it samples a
+``--sampler``): for each, its function, its default and largest number of steps, the options
+it takes besides the run options, and the kind of model it samples (a DDPM schedule's or a
+flow's). Cold diffusion's :func:`cold_sample` is not in it: it samples a
 different process (a blur :class:`~ddpm_lib.cold.BlurDegradation`, not a
 :class:`~ddpm_lib.schedule.DiffusionSchedule`), starts from a grey-level mixture fitted to training
 images that no checkpoint carries, and always runs all T steps.
@@ -38,6 +43,10 @@ from .ddim import DDIMStep, ddim_default_steps, ddim_invert, ddim_sample, ddim_s
 from .ddpm import VARIANCES, ddpm_sample, p_mean, p_sample, p_step, respace
 from .dpm_solver import (dpm_solver_default_steps, dpm_solver_max_steps, dpm_solver_pp_step, dpm_solver_sample,
                          dpm_solver_timesteps)
+from .edm import (edm_default_steps, edm_intervals, edm_max_steps, edm_sample, edm_slope, edm_step, karras_sigmas,
+                  schedule_sigmas, sigma_to_t)
+from .flow import FLOW_SOLVERS, flow_default_steps, flow_intervals, flow_max_steps, flow_sample, flow_step
+from ..flow import LinearPath
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,9 @@ class Sampler:
     ``fn(model, schedule, n, steps=steps, **options, **run)`` draws the images; ``default_steps(T)``
     and ``max_steps(T)`` give its default and largest number of network evaluations for a schedule of
     T steps (the smallest is 1); ``options`` names the keyword arguments it takes besides the run
-    options (:data:`RUN_OPTIONS`), their defaults those of ``fn`` (:meth:`defaults`).
+    options (:data:`RUN_OPTIONS`), their defaults those of ``fn`` (:meth:`defaults`). ``process`` is the
+    kind of model it samples: "diffusion" (a :class:`DiffusionSchedule`) or "flow" (a
+    :class:`~ddpm_lib.flow.LinearPath`).
     """
 
     name: str
@@ -56,6 +67,7 @@ class Sampler:
     default_steps: Callable[[int], int]
     max_steps: Callable[[int], int]
     options: tuple[str, ...]
+    process: str = "diffusion"
 
     def defaults(self) -> dict:
         """``{option: its default}``, read from the signature of ``fn``."""
@@ -80,7 +92,26 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
     Sampler("dpmpp-sde", partial(dpm_solver_sample, stochastic=True),
             "SDE-DPM-Solver++(2M) (Lu et al. 2022): its stochastic variant",
             default_steps=dpm_solver_default_steps, max_steps=dpm_solver_max_steps, options=("order", "clip_x0")),
+    Sampler("edm", edm_sample,
+            "Karras et al. 2022: Heun steps at Eq. 5's noise levels (2N - 1 calls for N levels); churn = 0: "
+            "deterministic", default_steps=edm_default_steps, max_steps=edm_max_steps,
+            options=("rho", "churn", "s_tmin", "s_tmax", "s_noise", "clip_x0")),
+    *(Sampler(solver, partial(flow_sample, solver=solver), about, default_steps=flow_default_steps,
+              max_steps=flow_max_steps, options=(), process="flow") for solver, about in (
+        ("euler", "a flow-matching model's ODE with Euler steps (one network call each)"),
+        ("midpoint", "a flow-matching model's ODE with midpoint steps (second order, two calls each)"),
+        ("heun", "a flow-matching model's ODE with Heun steps (second order, two calls each; Karras et al. 2022)"))),
 )}
+
+
+def process_of(forward_process) -> str:
+    """"flow" for a flow's :class:`~ddpm_lib.flow.LinearPath`, else "diffusion": what :attr:`Sampler.process` names."""
+    return "flow" if isinstance(forward_process, LinearPath) else "diffusion"
+
+
+def samplers_for(forward_process) -> list[str]:
+    """The names of the samplers of :data:`SAMPLERS` that fit a model of this forward process."""
+    return [name for name, s in SAMPLERS.items() if s.process == process_of(forward_process)]
 
 
 def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str = "ddpm", steps: int | None = None,
@@ -96,6 +127,9 @@ def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str =
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
     entry = SAMPLERS[sampler]
+    if entry.process != process_of(schedule):
+        raise ValueError(f"sampler {sampler!r} samples a {entry.process} model, but this one is a "
+                         f"{process_of(schedule)} model: use one of {', '.join(samplers_for(schedule))}")
     unknown = [k for k in options if k not in entry.options and k not in RUN_OPTIONS]
     if unknown:
         raise ValueError(f"sampler {sampler!r} takes no option {', '.join(map(repr, unknown))}: its options are "
@@ -106,9 +140,11 @@ def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str =
 
 
 __all__ = [
-    "RUN_DEFAULTS", "RUN_OPTIONS", "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "Sampler",
+    "FLOW_SOLVERS", "RUN_DEFAULTS", "RUN_OPTIONS", "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "Sampler",
     "as_eps_model", "cold_sample", "ddim_default_steps", "ddim_invert", "ddim_sample", "ddim_step", "ddim_timesteps",
     "ddpm_sample", "dpm_solver_default_steps", "dpm_solver_max_steps", "dpm_solver_pp_step", "dpm_solver_sample",
-    "dpm_solver_timesteps", "p_mean", "p_sample", "p_step",
+    "dpm_solver_timesteps", "edm_default_steps", "edm_intervals", "edm_max_steps", "edm_sample", "edm_slope",
+    "edm_step", "flow_default_steps", "flow_intervals", "flow_max_steps", "flow_sample", "flow_step",
+    "karras_sigmas", "p_mean", "p_sample", "p_step", "process_of", "samplers_for", "schedule_sigmas", "sigma_to_t",
     "record_trajectory", "respace", "run_batches", "sample", "slerp",
 ]
