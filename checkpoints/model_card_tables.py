@@ -33,7 +33,8 @@ CARD = ROOT / "checkpoints" / "README.md"
 # The project's goals for the fast samplers (chapter "Fast sampling"): at N network evaluations, an FD at most
 # this many times that of 1000-step Algorithm 2 at the same seed.
 SAMPLER_GOALS = ((20, 1.25), (50, 1.1))
-SAMPLER_NAMES = {"dpmpp-sde": "SDE-DPM-Solver++(2M)", "dpmpp": "DPM-Solver++(2M)", "ddim": r"DDIM ($\eta = 0$)"}
+SAMPLER_NAMES = {"dpmpp-sde": "SDE-DPM-Solver++(2M)", "dpmpp": "DPM-Solver++(2M)", "edm": "EDM (Heun, Karras et al. 2022)",
+                 "ddim": r"DDIM ($\eta = 0$)"}
 # The entries of fast_samplers.json that score one sampler at one seed ("dpmpp-sde:20:seed1"); the file also holds
 # comparisons ("paired:...") and distances to the ODE's end point ("ode:...").
 SAMPLER_ENTRY = re.compile(r"^[\w-]+:\d+:seed\d+$")

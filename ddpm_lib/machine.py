@@ -100,6 +100,15 @@ def cpu_name() -> str:
     return _cpuinfo(("model name",)) or platform.processor() or platform.machine()
 
 
+def cpu_detail() -> str:
+    """The CPU as a measurement should record it: a virtual machine's model name is often only the brand ("AMD
+    EPYC"), so also its family and model numbers and the instruction set torch uses, e.g.
+    ``AMD EPYC (family 26, model 2), torch capability AVX512``."""
+    family, model = _cpuinfo(("cpu family",)), _cpuinfo(("model\t", "model :"))
+    numbers = f" (family {family}, model {model})" if family and model else ""
+    return f"{cpu_name()}{numbers}, torch capability {torch.backends.cpu.get_cpu_capability()}"
+
+
 def machine_key(device: torch.device) -> dict:
     """What identifies this machine for the cache: a decision is valid only where all of it matches."""
     key = {"torch": torch.__version__, "device": device.type}

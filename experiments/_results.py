@@ -21,7 +21,7 @@ import torch
 
 from ddpm_lib._io import atomic_write_bytes
 from ddpm_lib.data import from_model_range
-from ddpm_lib.machine import cpu_name
+from ddpm_lib.machine import cpu_detail, cpu_name
 from ddpm_lib.sampling import sample
 
 
@@ -42,7 +42,8 @@ class ResultsFile:
 
     def put(self, key: str, entry: dict) -> None:
         entry = dict(entry)
-        entry["measured"] = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        entry["measured"] = {"cpu": cpu_name(), "cpu_detail": cpu_detail(), "threads": torch.get_num_threads(),
+                             "torch": torch.__version__,
                              "python": platform.python_version(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                              "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv])}
         self.data["entries"][key] = entry

@@ -18,7 +18,8 @@ in `runs/fast_samplers/` (not committed), and compares them with the committed 1
 (`ddpm_lib.metrics.compare_paired`). Those were drawn in batches of 500, which orders the random
 draws differently (their x_T and every z differ from a batch-1000 draw of seed 0), so this
 comparison is unpaired (`paired=False`). `paired:dpmpp-sde:20:vs:50` compares the two budgets of
-the stochastic solver from the same x_T, paired. `ode:SAMPLER:STEPS` measures how far a deterministic
+the stochastic solver from the same x_T, paired; `paired:dpmpp:K:vs:edm:K` the two deterministic
+second-order solvers (DPM-Solver++(2M) and the EDM sampler, Heun) at K calls. `ode:SAMPLER:STEPS` measures how far a deterministic
 solver's images lie from the end point of the probability-flow ODE itself: the root-mean-square
 pixel difference (model range [-1, 1]) from DDIM with all 1000 steps, on 100 x_T (seed 0), all
 in fp32 (bf16's rounding would otherwise set a floor); `ode:dpmpp:500` says how close two fine
@@ -47,15 +48,15 @@ from ddpm_lib.sampling import sample  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "fast_samplers.json"
 # In the order they are run: the goal points (20 and 50 evaluations) first.
-PLAN = [f"{s}:{k}" for k in (20, 50) for s in ("dpmpp", "dpmpp-sde", "ddim")] + \
+PLAN = [f"{s}:{k}" for k in (20, 50) for s in ("dpmpp", "dpmpp-sde", "ddim", "edm")] + \
        [f"{s}:{k}" for k in (10, 100) for s in ("dpmpp", "ddim", "dpmpp-sde")] + \
        ["dpmpp:200", "ddpm:50", "ddpm:100"]
 N, BATCH = 1000, 1000
 REFERENCE_SAMPLES = ROOT / "checkpoints" / "eval_ddpm_mnist_samples.npy"   # 1000-step Algorithm 2, seed 0
 SAMPLES = ROOT / "runs" / "fast_samplers"
-PAIRED = [(s, k) for k in (20, 50) for s in ("dpmpp-sde", "dpmpp", "ddim")]
+PAIRED = [(s, k) for k in (20, 50) for s in ("dpmpp-sde", "dpmpp", "ddim", "edm")]
 LARGE_N_SEEDS = range(10)
-ODE_N, ODE_REFERENCE, ODE_PLAN = 100, ("ddim", 1000), [(s, k) for s in ("ddim", "dpmpp") for k in (10, 20, 50, 100)]
+ODE_N, ODE_REFERENCE, ODE_PLAN = 100, ("ddim", 1000), [(s, k) for s in ("ddim", "dpmpp", "edm") for k in (10, 20, 50, 100)]
 
 
 def _images(ckpt, numerics, sampler: str, steps: int, n: int = N, batch: int = BATCH, seed: int = 0) -> np.ndarray:
@@ -83,6 +84,12 @@ def paired_plan(results, ckpt, numerics) -> None:
         c = compare_paired(features_of("dpmpp-sde", 50), features_of("dpmpp-sde", 20))
         results.put(key, {"a": "dpmpp-sde:50", "b": "dpmpp-sde:20", "seed": 0, **c.as_dict()})
         print(f"{key}: {c}", flush=True)
+    for steps in (20, 50):       # the two deterministic second-order solvers, from the same x_T
+        key = f"paired:dpmpp:{steps}:vs:edm:{steps}"
+        if not results.has(key):
+            c = compare_paired(features_of("dpmpp", steps), features_of("edm", steps))
+            results.put(key, {"a": f"dpmpp:{steps}", "b": f"edm:{steps}", "seed": 0, **c.as_dict()})
+            print(f"{key}: {c}", flush=True)
 
 
 def large_n_plan(results, ckpt, numerics) -> None:

@@ -134,8 +134,8 @@ def test_sample_dispatches_and_rejects_unknown_samplers():
                       num_timesteps=40, image_size=8)
     for name in ("ddpm", "ddim", "dpmpp", "dpmpp-sde"):
         assert sample(net, schedule, 2, name, 5, seed=0).shape == (2, 1, 8, 8)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        sample(net, schedule, 2, "euler", 5)
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        sample(net, schedule, 2, "plms", 5)
     with pytest.raises(ValueError, match="between 1 and T/2=20"):
         dpm_solver_sample(net, schedule, 2, steps=30)
 

@@ -578,7 +578,8 @@ def test_model_card_quotes_the_fast_samplers():
     assert large["verdict"] == "better"
     q.expect("the ODE distances and the SDE solver at N = 10,000", 100, 20)
     q.expect("the SDE solver against the ODE solver", f2(large["ratio"]), "95%", f2(large["low"]), f2(large["high"]))
-    at20 = sorted((e for e in entries.values() if e["steps"] == 20), key=lambda e: e["seconds_per_sample"])
+    at20 = sorted((e for e in entries.values() if e["steps"] == 20 and e["sampler"] != "edm"),
+                  key=lambda e: e["seconds_per_sample"])     # the card's times: the samplers timed on one machine
     first = min(at20, key=lambda e: e["measured"]["when"])
     assert first is at20[-1], "the slowest entry at 20 evaluations is no longer the first one measured"
     lo, hi, outlier = (1000 * e["seconds_per_sample"] for e in (at20[0], at20[-2], at20[-1]))
