@@ -1,0 +1,166 @@
+"""A whole diffusion loop in the plane: data whose every quantity is known exactly, a network that trains in seconds.
+
+Images hide what a diffusion model does behind 784 dimensions and an hour of training. In two
+dimensions the same loop, Algorithm 1 then Algorithm 2, runs in seconds on a CPU, every state
+can be plotted, and the network can be compared with the exact answer it is trained towards:
+
+* :class:`GaussianMixture2D` -- the data: a mixture of isotropic Gaussians in the plane. Its noisy
+  marginals are mixtures too, so the best noise prediction E[eps | x_t] (:meth:`~GaussianMixture2D.eps_star`),
+  the score, and a flow's marginal velocity (:meth:`~GaussianMixture2D.velocity_star`) have closed forms.
+* :class:`MLPDenoiser` -- eps_theta(x_t, t) (or a velocity, or x0, ...) for points in the plane: the UNet's
+  sinusoidal time embedding, then a small MLP. It takes the same timesteps as the book's networks (integers
+  in [0, T), or real numbers in [0, T - 1]), and carries a ``config``, so every sampler of
+  :mod:`ddpm_lib.sampling` draws from it unchanged (with ``image_shape=(2,)``).
+* :func:`train_toy` -- Algorithm 1 with fresh data at every step, one :func:`ddpm_lib.optim.train_step`
+  per step on a loss of :mod:`ddpm_lib.losses` (L_simple, or flow matching).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .losses import make_loss
+from .models import PREDICTIONS, sinusoidal_embedding
+from .optim import train_step
+
+#: four points in the plane and their probabilities, as chapter 3 checks the score on (there with zero spread)
+FOUR_POINTS = ((-0.6, -0.5), (0.7, -0.4), (0.0, 0.75), (0.55, 0.45))
+FOUR_WEIGHTS = (0.4, 0.3, 0.2, 0.1)
+
+
+class GaussianMixture2D:
+    """sum_k w_k N(mu_k, s^2 I) in the plane (s = ``std`` >= 0; s = 0: weighted points), in float64.
+
+    Under the forward process x_t = a x_0 + sigma eps (a = sqrt(alpha_bar_t), sigma = sqrt(1 - alpha_bar_t)),
+    component k becomes N(a mu_k, v I) with v = a^2 s^2 + sigma^2, so with r_k(x_t) the probability that x_t
+    came from component k (Bayes' rule),
+
+        E[eps | x_t] = sigma / v (x_t - a sum_k r_k mu_k)                      (the best eps-prediction)
+
+    and on the linear path x_t = (1 - t) x_0 + t eps (:mod:`ddpm_lib.flow`), the same with a = 1 - t, sigma = t.
+    """
+
+    def __init__(self, means=FOUR_POINTS, weights=FOUR_WEIGHTS, std: float = 0.05):
+        self.means = torch.as_tensor(means, dtype=torch.float64)
+        self.weights = torch.as_tensor(weights, dtype=torch.float64)
+        if self.means.dim() != 2 or self.means.shape[1] != 2 or len(self.weights) != len(self.means):
+            raise ValueError(f"need means of shape (K, 2) and K weights, got {tuple(self.means.shape)} and "
+                             f"{len(self.weights)}")
+        if bool((self.weights <= 0).any()) or not math.isclose(float(self.weights.sum()), 1.0, abs_tol=1e-9):
+            raise ValueError(f"weights must be positive and sum to 1, got {self.weights.tolist()}")
+        if std < 0:
+            raise ValueError(f"std must be >= 0 (0: the data are the points themselves), got {std}")
+        self.std = float(std)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n points (n, 2), float32: a component by its weight, then its Gaussian."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        return (self.means[k] + self.std * torch.randn(n, 2, generator=generator, dtype=torch.float64)).float()
+
+    def _posterior(self, x: torch.Tensor, a, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        """r_k(x) (n, K) and v (n, 1) for x = a x_0 + sigma eps; ``a``, ``sigma``: numbers or (n,) tensors."""
+        x = x.double().reshape(-1, 2)
+        a = torch.as_tensor(a, dtype=torch.float64).reshape(-1, 1)
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
+        v = a**2 * self.std**2 + sigma**2
+        d2 = ((x[:, None, :] - a[:, :, None] * self.means[None]) ** 2).sum(-1)        # (n, K)
+        return torch.softmax(self.weights.log() - d2 / (2 * v), dim=1), v
+
+    def eps_star(self, x_t: torch.Tensor, alpha_bar) -> torch.Tensor:
+        """E[eps | x_t] under DDPM's forward process at ``alpha_bar`` (a number, or one per point), float64."""
+        a, sigma = torch.as_tensor(alpha_bar, dtype=torch.float64).sqrt(), (1 - torch.as_tensor(alpha_bar,
+                                                                                                dtype=torch.float64)).sqrt()
+        r, v = self._posterior(x_t, a, sigma)
+        return sigma.reshape(-1, 1) / v * (x_t.double().reshape(-1, 2) - a.reshape(-1, 1) * (r @ self.means))
+
+    def velocity_star(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        """u_t(x) = E[eps - x_0 | x_t] on the linear path x_t = (1 - t) x_0 + t eps (``t`` in (0, 1]), float64."""
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
+        r, v = self._posterior(x_t, 1 - t, t)
+        x = x_t.double().reshape(-1, 2)
+        resid = x[:, None, :] - (1 - t)[:, :, None] * self.means[None]               # x - (1 - t) mu_k
+        e_eps = t[:, :, None] / v[:, :, None] * resid
+        e_x0 = self.means[None] + ((1 - t) * self.std**2 / v)[:, :, None] * resid
+        return ((e_eps - e_x0) * r[:, :, None]).sum(1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) of the data (std > 0), float64."""
+        if self.std == 0:
+            raise ValueError("the data are points (std = 0): they have no density")
+        x = x.double().reshape(-1, 2)
+        d2 = ((x[:, None, :] - self.means[None]) ** 2).sum(-1)
+        return torch.logsumexp(self.weights.log() - d2 / (2 * self.std**2), 1) - math.log(2 * math.pi * self.std**2)
+
+
+@dataclass
+class ToyConfig:
+    """What the samplers and losses read from a network's ``config``."""
+
+    num_timesteps: int = 1000
+    prediction: str = "eps"
+    num_classes: int = 0
+
+
+class MLPDenoiser(nn.Module):
+    """eps_theta(x_t, t) for points in the plane: [x_t, MLP(sinusoidal(t))] -> MLP -> 2 numbers.
+
+    ``prediction`` says what the two numbers are ("eps", "x0", "v", or a flow's "velocity"), as
+    :attr:`ddpm_lib.models.ModelConfig.prediction` does for the UNet.
+    """
+
+    def __init__(self, num_timesteps: int = 1000, hidden: int = 128, depth: int = 3, time_dim: int = 32,
+                 prediction: str = "eps"):
+        super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+        if depth < 1 or hidden < 1 or time_dim < 2 or time_dim % 2:
+            raise ValueError(f"need depth >= 1, hidden >= 1 and an even time_dim >= 2, got {depth}, {hidden}, "
+                             f"{time_dim}")
+        self.config = ToyConfig(num_timesteps, prediction)
+        self.time_dim = time_dim
+        self.time_mlp = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU())
+        layers: list[nn.Module] = [nn.Linear(2 + hidden, hidden), nn.SiLU()]
+        for _ in range(depth - 1):
+            layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(hidden, 2))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 2 or x.shape[1] != 2:
+            raise ValueError(f"expected points of shape (B, 2), got {tuple(x.shape)}")
+        if y is not None:
+            raise ValueError("this network is unconditional: it takes no class labels")
+        if t.shape != (len(x),):
+            raise ValueError(f"expected timesteps of shape ({len(x)},), got {tuple(t.shape)}")
+        temb = self.time_mlp(sinusoidal_embedding(t, self.time_dim).to(x.dtype))
+        return self.net(torch.cat([x, temb], dim=1))
+
+
+def train_toy(model: nn.Module, forward_process, data: GaussianMixture2D, steps: int = 3000, batch_size: int = 512,
+              lr: float = 2e-3, seed: int = 0, log_every: int = 100) -> list[tuple[int, float]]:
+    """Algorithm 1 on points drawn afresh at every step; returns the history [(step, mean loss of the last
+    ``log_every`` steps)]. ``forward_process``: a DDPM :class:`~ddpm_lib.schedule.DiffusionSchedule` (L_simple,
+    or the loss of ``model.config.prediction``) or a flow's :class:`~ddpm_lib.flow.LinearPath`
+    (flow matching); the loss is :func:`ddpm_lib.losses.make_loss`'s for it. Adam at a constant ``lr``;
+    every draw from one generator seeded with ``seed``.
+    """
+    if steps < 1 or batch_size < 1 or log_every < 1:
+        raise ValueError(f"steps, batch_size and log_every must be at least 1, got {steps}, {batch_size}, {log_every}")
+    loss_fn = make_loss(forward_process, model.config.prediction)
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    history, total = [], 0.0
+    for step in range(1, steps + 1):
+        x0 = data.sample(batch_size, g)                          # line 2: x_0 ~ q(x_0)
+        t = loss_fn.sample_t(batch_size, g)                      # line 3: t ~ Uniform
+        noise = torch.randn(x0.shape, generator=g)               # line 4: eps ~ N(0, I)
+        total += train_step(model, loss_fn, optimizer, x0, t, noise)    # line 5: a gradient step on the loss
+        if step % log_every == 0 or step == steps:
+            history.append((step, total / (log_every if step % log_every == 0 else step % log_every)))
+            total = 0.0
+    model.eval()
+    return history
