@@ -6,14 +6,18 @@ The maths
 * :mod:`ddpm_lib.schedule`   -- beta schedules and the forward process q (Eqs. 2, 4, 6, 7); ch. 1-2
 * :mod:`ddpm_lib.likelihood` -- the variational bound in bits/dim (Eq. 5); ch. 3
 * :mod:`ddpm_lib.models`     -- the noise predictors eps_theta: ``UNet`` and ``SimpleUNet``; ch. 4
-* :mod:`ddpm_lib.losses`     -- the training objectives: L_simple (Eq. 14), its x0/v forms, cold diffusion's; ch. 5, 10
+* :mod:`ddpm_lib.losses`     -- the training objectives: L_simple (Eq. 14), its x0/v forms, cold diffusion's, flow
+  matching's; ch. 5, 10
 * :mod:`ddpm_lib.optim`      -- one optimisation step of Algorithm 1 (``train_step``); ch. 5
 * :mod:`ddpm_lib.ema`        -- the moving average of the weights, and BatchNorm statistics for it; ch. 5, 10
 * :mod:`ddpm_lib.training`   -- Algorithm 1's loop (``train``): checkpoints, exact resume, clean stops; ch. 5
 * :mod:`ddpm_lib.presets`    -- ``TrainConfig`` and the named recipes behind every checkpoint; ch. 5
-* :mod:`ddpm_lib.sampling`   -- Algorithm 2, DDIM, DPM-Solver++, cold diffusion's sampler; ch. 6, 8, 10
+* :mod:`ddpm_lib.sampling`   -- Algorithm 2, DDIM, DPM-Solver++, the EDM sampler, cold diffusion's sampler, a flow's
+  ODE solvers; ch. 6, 8, 10
 * :mod:`ddpm_lib.guidance`   -- classifier-free guidance; ch. 9
 * :mod:`ddpm_lib.cold`       -- cold diffusion's forward process, a blur (Bansal et al. 2022); ch. 10
+* :mod:`ddpm_lib.flow`       -- flow matching's straight path (Lipman et al. 2023) and its conversions to eps, x0, score
+* :mod:`ddpm_lib.toy2d`      -- the whole loop on points in the plane: data with exact answers, a small MLP
 
 Measuring
 * :mod:`ddpm_lib.classifier` -- the book's MNIST classifier, the judge of sample quality; ch. 7
