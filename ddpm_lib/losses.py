@@ -127,18 +127,13 @@ def make_loss(forward_process, prediction: str = "eps", min_snr_gamma: float = 0
     the image (``prediction="x0"``) and has no noise levels to weight; a flow's
     :class:`~ddpm_lib.flow.LinearPath` with :class:`FlowMatchingLoss` (``prediction="velocity"``).
     """
-    if isinstance(forward_process, LinearPath):
-        if prediction != "velocity":
-            raise ValueError(f"flow matching trains a velocity network: build it with prediction='velocity', "
-                             f"not {prediction!r}")
-        if min_snr_gamma:
-            raise ValueError("min_snr_gamma weights the noise levels of a DDPM schedule: set it to 0 for flow matching")
-        return FlowMatchingLoss(forward_process)
-    if isinstance(forward_process, BlurDegradation):
-        if prediction != "x0":
-            raise ValueError(f"cold diffusion trains a restoration network: build it with prediction='x0', "
-                             f"not {prediction!r}")
-        if min_snr_gamma:
-            raise ValueError("min_snr_gamma weights noise levels; cold diffusion has none: set it to 0")
-        return ColdLoss(forward_process)
+    for process, loss, name, network in ((LinearPath, FlowMatchingLoss, "flow matching", "a velocity network"),
+                                         (BlurDegradation, ColdLoss, "cold diffusion", "a restoration network")):
+        if isinstance(forward_process, process):
+            if prediction != loss.prediction:
+                raise ValueError(f"{name} trains {network}: build it with prediction={loss.prediction!r}, "
+                                 f"not {prediction!r}")
+            if min_snr_gamma:
+                raise ValueError(f"min_snr_gamma weights the noise levels of a DDPM schedule: set it to 0 for {name}")
+            return loss(forward_process)
     return DiffusionLoss(forward_process, prediction, min_snr_gamma)
