@@ -108,3 +108,34 @@ def test_sde_dpm_solver_pp_matches_diffusers_with_the_same_noise(model, steps):
     theirs = _peer_loop(sched, model, x_T.clone(), noises=noises)
     ours = dpm_solver_sample(model, SCHEDULE, 4, steps=steps, stochastic=True, seed=seed, **_ours_kwargs())
     torch.testing.assert_close(ours, theirs, **TOL)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "logsnr"])
+def test_dpm_solver_pp_spacings_match_diffusers(model, spacing):
+    """The timesteps of each spacing are diffusers' (timestep_spacing, or use_lu_lambdas for uniform log-SNR) at
+    5 to 20 steps (more repeat a timestep near t = 0 with uniform log-SNR), and a 10-step run draws the same images,
+    but for uniform log-SNR: there diffusers takes each step's coefficients from the unrounded lambda while the
+    network sees the rounded timestep; ours come from the timestep the network sees (dpm_solver_timesteps)."""
+    options = {"use_lu_lambdas": True} if spacing == "logsnr" else {"timestep_spacing": spacing}
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, trained_betas=SCHEDULE.betas.numpy(),
+                                                  algorithm_type="dpmsolver++", solver_order=2,
+                                                  prediction_type="epsilon", **options)
+    for steps in (5, 10, 20):
+        sched.set_timesteps(steps)
+        assert [int(t) for t in sched.timesteps] == dpm_solver_timesteps(T, steps, spacing, SCHEDULE), steps
+    if spacing == "logsnr":
+        return
+    sched.set_timesteps(10)
+    x_T = _x_T()
+    theirs = _peer_loop(sched, model, x_T.clone())
+    ours = dpm_solver_sample(model, SCHEDULE, 4, steps=10, spacing=spacing, x_T=x_T, **_ours_kwargs())
+    torch.testing.assert_close(ours, theirs, **TOL)
+
+
+def test_a_spacing_that_does_not_exist_or_repeats_a_timestep_is_refused():
+    with pytest.raises(ValueError, match="unknown spacing 'uniform'"):
+        dpm_solver_timesteps(T, 10, "uniform")
+    with pytest.raises(ValueError, match="needs the schedule"):
+        dpm_solver_timesteps(T, 10, "logsnr")
+    with pytest.raises(ValueError, match="repeat a timestep on this schedule: use fewer steps"):
+        dpm_solver_timesteps(T, 500, "logsnr", SCHEDULE)

@@ -55,15 +55,47 @@ def dpm_solver_default_steps(T: int) -> int:
     return min(20, dpm_solver_max_steps(T))
 
 
-def dpm_solver_timesteps(T: int, steps: int) -> list[int]:
-    """The ``steps`` 0-based timesteps the solver evaluates the network at, decreasing from T - 1.
+#: how the solver's timesteps are spread over [0, T): diffusers' ``timestep_spacing`` choices and Lu et al.'s
+#: uniform log-SNR (diffusers' ``use_lu_lambdas``)
+SPACINGS = ("linspace", "leading", "trailing", "logsnr")
 
-    ``linspace(0, T - 1, steps + 1)`` rounded, the last (0) dropped: the final step goes from
-    the smallest of them straight to the clean image.
+
+def dpm_solver_timesteps(T: int, steps: int, spacing: str = "linspace",
+                         schedule: DiffusionSchedule | None = None) -> list[int]:
+    """The ``steps`` 0-based timesteps the solver evaluates the network at, decreasing.
+
+    ``spacing`` (diffusers' ``DPMSolverMultistepScheduler`` names, step for step; Lin et al. 2024 compare
+    the first three):
+
+    * ``"linspace"`` (the default): ``linspace(0, T - 1, steps + 1)`` rounded, the last (0) dropped, so the
+      first step starts at T - 1 and the final one goes from the smallest straight to the clean image;
+    * ``"leading"``: multiples of ``T // (steps + 1)`` from 0, the last dropped (the first step starts below T - 1);
+    * ``"trailing"``: ``T - 1 - k T / steps`` rounded, k = 0 .. steps - 1 (T - 1 first, the smallest about T / steps);
+    * ``"logsnr"``: uniform in lambda = log(sqrt(alpha_bar) / sigma_bar), from t = T - 1 to t = 0, each
+      rounded to the nearest timestep in log sigma (Lu et al. 2022, section 3.4; needs ``schedule``).
+      diffusers (``use_lu_lambdas``) picks the same timesteps, but takes each step's coefficients from the
+      unrounded lambda; :func:`dpm_solver_sample` takes them from the timestep the network sees.
     """
     if not 1 <= steps <= dpm_solver_max_steps(T):
         raise ValueError(f"steps must be between 1 and T/2={T // 2} for DPM-Solver++, got {steps}")
-    return [int(t) for t in np.linspace(0, T - 1, steps + 1).round()[::-1][:-1]]
+    if spacing == "linspace":
+        ts = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ts = (np.arange(0, steps + 1) * (T // (steps + 1))).round()[::-1][:-1]
+    elif spacing == "trailing":
+        ts = (np.arange(T, 0, -T / steps).round() - 1)[:steps]
+    elif spacing == "logsnr":
+        if schedule is None or schedule.T != T:
+            raise ValueError("spacing 'logsnr' needs the schedule (schedule=...) of the same T")
+        log_sigmas = (0.5 * (1 - schedule.alpha_bars).log() - 0.5 * schedule.alpha_bars.log()).numpy()
+        wanted = np.linspace(log_sigmas[-1], log_sigmas[0], steps)            # uniform in lambda = -log sigma
+        ts = np.interp(wanted, log_sigmas, np.arange(T)).round()
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}: expected one of {', '.join(SPACINGS)}")
+    ts = [int(t) for t in ts]
+    if len(set(ts)) != len(ts):
+        raise ValueError(f"{steps} steps with spacing {spacing!r} repeat a timestep on this schedule: use fewer steps")
+    return ts
 
 
 def _alpha_sigma_lambda(schedule: DiffusionSchedule, t: int | None) -> tuple[float, float, float]:
@@ -118,13 +150,14 @@ def dpm_solver_sample(
     order: int = 2,
     stochastic: bool = False,
     timesteps=None,
+    spacing: str = "linspace",
     clip_x0: bool = False,
     **run,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) with ``steps`` network evaluations (``order=1``: DDIM; ``stochastic``: the SDE variant).
 
     ``steps`` defaults to :func:`dpm_solver_default_steps` (20). ``timesteps``: the
-    decreasing 0-based timesteps to evaluate at (default :func:`dpm_solver_timesteps`).
+    decreasing 0-based timesteps to evaluate at (default :func:`dpm_solver_timesteps` with ``spacing``).
     ``clip_x0``: clip each data prediction x0_theta to [-1, 1] before the step uses it (the
     simplest of the thresholding methods that a data-prediction solver admits, Lu et al.
     2022b, section 4). ``run``: the run options (seed, batch_size, numerics, class labels,
@@ -137,7 +170,8 @@ def dpm_solver_sample(
     if timesteps is not None:
         ts = [int(t) for t in timesteps]
     else:
-        ts = dpm_solver_timesteps(schedule.T, dpm_solver_default_steps(schedule.T) if steps is None else steps)
+        ts = dpm_solver_timesteps(schedule.T, dpm_solver_default_steps(schedule.T) if steps is None else steps,
+                                  spacing, schedule)
     if any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 0 or ts[0] >= schedule.T:
         raise ValueError(f"timesteps must decrease, within [0, {schedule.T})")
     coefs = [_alpha_sigma_lambda(schedule, t) for t in ts] + [_alpha_sigma_lambda(schedule, None)]
