@@ -19,7 +19,10 @@ in `runs/fast_samplers/` (not committed), and compares them with the committed 1
 draws differently (their x_T and every z differ from a batch-1000 draw of seed 0), so this
 comparison is unpaired (`paired=False`). `paired:dpmpp-sde:20:vs:50` compares the two budgets of
 the stochastic solver from the same x_T, paired; `paired:dpmpp:K:vs:edm:K` the two deterministic
-second-order solvers (DPM-Solver++(2M) and the EDM sampler, Heun) at K calls. `ode:SAMPLER:STEPS` measures how far a deterministic
+second-order solvers (DPM-Solver++(2M) and the EDM sampler, Heun) at K calls. `--spacing` writes
+`spacing:dpmpp:K:SPACING`: DPM-Solver++ at K = 10 and 20 calls with its timesteps spread linspace (the
+default), trailing, or uniform in log-SNR, each scored, compared paired with linspace, and measured
+against the ODE's end point. `ode:SAMPLER:STEPS` measures how far a deterministic
 solver's images lie from the end point of the probability-flow ODE itself: the root-mean-square
 pixel difference (model range [-1, 1]) from DDIM with all 1000 steps, on 100 x_T (seed 0), all
 in fp32 (bf16's rounding would otherwise set a floor); `ode:dpmpp:500` says how close two fine
@@ -56,13 +59,16 @@ REFERENCE_SAMPLES = ROOT / "checkpoints" / "eval_ddpm_mnist_samples.npy"   # 100
 SAMPLES = ROOT / "runs" / "fast_samplers"
 PAIRED = [(s, k) for k in (20, 50) for s in ("dpmpp-sde", "dpmpp", "ddim", "edm")]
 LARGE_N_SEEDS = range(10)
+SPACING_STEPS, SPACINGS_MEASURED = (10, 20), ("linspace", "trailing", "logsnr")
 ODE_N, ODE_REFERENCE, ODE_PLAN = 100, ("ddim", 1000), [(s, k) for s in ("ddim", "dpmpp", "edm") for k in (10, 20, 50, 100)]
 
 
-def _images(ckpt, numerics, sampler: str, steps: int, n: int = N, batch: int = BATCH, seed: int = 0) -> np.ndarray:
+def _images(ckpt, numerics, sampler: str, steps: int, n: int = N, batch: int = BATCH, seed: int = 0,
+            **options) -> np.ndarray:
     """uint8 images of one seed, drawn once and kept in runs/fast_samplers/."""
-    return kept_images(SAMPLES / f"{sampler}_{steps}_n{n}_seed{seed}_{numerics.precision}.npy",
-                       lambda: draw_images(ckpt, numerics, sampler, steps, [seed], n=n, batch=batch))
+    suffix = "".join(f"_{v}" for _, v in sorted(options.items()))
+    return kept_images(SAMPLES / f"{sampler}_{steps}{suffix}_n{n}_seed{seed}_{numerics.precision}.npy",
+                       lambda: draw_images(ckpt, numerics, sampler, steps, [seed], n=n, batch=batch, **options))
 
 
 def paired_plan(results, ckpt, numerics) -> None:
@@ -122,6 +128,35 @@ def ode_plan(results, ckpt, numerics) -> None:
               flush=True)
 
 
+def spacing_plan(results, ckpt, numerics) -> None:
+    """DPM-Solver++(2M) with other timestep spacings (trailing, uniform log-SNR) against the default linspace, at
+    10 and 20 calls: FD (N = 1000, seed 0), paired against linspace from the same x_T, and the distance to the
+    ODE's end point (100 x_T, fp32, as ode_plan)."""
+    fp32 = Numerics("fp32", channels_last=numerics.channels_last)
+    end = _images(ckpt, fp32, *ODE_REFERENCE, n=ODE_N, batch=ODE_N).astype(np.float64) / 127.5 - 1
+    for steps in SPACING_STEPS:
+        base = None
+        for spacing in SPACINGS_MEASURED:
+            key = f"spacing:dpmpp:{steps}:{spacing}"
+            if results.has(key):
+                continue
+            options = {} if spacing == "linspace" else {"spacing": spacing}
+            x = _images(ckpt, numerics, "dpmpp", steps, **options)
+            if base is None:
+                base = features(_images(ckpt, numerics, "dpmpp", steps))
+            entry = {"sampler": "dpmpp", "steps": steps, "spacing": spacing, "seed": 0,
+                     "report": evaluate_samples(x, seed=0)}
+            if spacing != "linspace":
+                entry["vs_linspace"] = compare_paired(base, features(x)).as_dict()
+            ode = _images(ckpt, fp32, "dpmpp", steps, n=ODE_N, batch=ODE_N, **options).astype(np.float64) / 127.5 - 1
+            rms = np.sqrt(((ode - end) ** 2).mean(axis=(1, 2)))
+            entry.update(ode_rms_mean=float(rms.mean()), ode_rms_sem=float(rms.std(ddof=1) / np.sqrt(ODE_N)))
+            results.put(key, entry)
+            print(f"{key}: FD {entry['report']['fd']:.2f}, ODE distance {rms.mean():.4f}"
+                  + (f", vs linspace {entry['vs_linspace']['ratio']:.3f} [{entry['vs_linspace']['low']:.3f}, "
+                     f"{entry['vs_linspace']['high']:.3f}]" if "vs_linspace" in entry else ""), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", default=None, metavar="SAMPLER:STEPS", help="run these entries (default: the plan)")
@@ -130,6 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--paired", action="store_true", help="the paired comparisons and ODE distances instead")
     p.add_argument("--large-n", action="store_true", help="DPM-Solver++ against its SDE variant at 20 calls, N = 10,000")
+    p.add_argument("--spacing", action="store_true", help="DPM-Solver++ with other timestep spacings")
     args = p.parse_args(argv)
     results = ResultsFile(args.out, "fast samplers on the shipped checkpoint: N=1000, batch 1000, book's FD; "
                                     "written by experiments/fast_samplers.py")
@@ -137,6 +173,9 @@ def main(argv=None) -> int:
     numerics = choose_numerics(ckpt.model, purpose="sample", batch_size=BATCH)
     if args.large_n:
         large_n_plan(results, ckpt, numerics)
+        return 0
+    if args.spacing:
+        spacing_plan(results, ckpt, numerics)
         return 0
     if args.paired:
         paired_plan(results, ckpt, numerics)
