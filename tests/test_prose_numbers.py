@@ -549,6 +549,12 @@ def test_model_card_quotes_the_candidate_pairs():
     q.expect("10-minute pair", 2000, 50, f2(cand["10min"]["ratio"]), "95%", f2(cand["10min"]["low"]),
              f2(cand["10min"]["high"]))
     q.expect("55-minute pair", f2(cand["55min"]["ratio"]), "95%", f2(cand["55min"]["low"]), f2(cand["55min"]["high"]))
+    # the cosine candidate: "at 10 minutes ... 0.73 times ... (95% interval 0.60 to 0.90, better ...); at 55 minutes
+    # 1.12 (0.63 to 2.02), not resolved"
+    assert (cand["cosine_10min"]["verdict"], cand["cosine_55min"]["verdict"]) == ("better", "unresolved")
+    c10, c55 = cand["cosine_10min"], cand["cosine_55min"]
+    q.expect("cosine, 10 minutes", 2000, 50, 10, f2(c10["ratio"]), "95%", f2(c10["low"]), f2(c10["high"]))
+    q.expect("cosine, 55 minutes", 55, f2(c55["ratio"]), f2(c55["low"]), f2(c55["high"]))
     q.check()
 
 
