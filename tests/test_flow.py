@@ -191,3 +191,21 @@ def test_the_command_line_trains_and_samples_a_flow_and_refuses_what_does_not_fi
         with pytest.raises(SystemExit, match=message):
             main([*options, *(["--out", str(tmp_path / "other.npy")] if options[0] == "sample" else
                               ["--out-dir", str(tmp_path / "other")])])
+
+
+def test_straightness_is_zero_for_straight_paths_and_measures_a_bend():
+    """experiments/flow_matching.straightness: 0 for paths at constant velocity on any time grid; for x(t) = t^2
+    (velocity 2t, chord 1) it is the integral of (2t - 1)^2 over [0, 1], 1/3."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from flow_matching import straightness
+
+    times = torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0])
+    start, end = torch.randn(3, 2), torch.randn(3, 2)
+    line = torch.stack([end + t * (start - end) for t in times])
+    assert straightness(line, times) < 1e-10
+    fine = torch.linspace(1, 0, 2001)
+    bend = (fine**2).reshape(-1, 1, 1).expand(-1, 4, 1)
+    assert abs(straightness(bend, fine) - 1 / 3) < 1e-3
