@@ -15,7 +15,8 @@ from ddpm_lib.flow import LinearPath, from_diffusion, to_diffusion, velocity_fro
 from ddpm_lib.losses import DiffusionLoss, FlowMatchingLoss, make_loss
 from ddpm_lib.models import ModelConfig, build_model
 from ddpm_lib.presets import PRESETS
-from ddpm_lib.sampling import SAMPLERS, ddim_sample, ddim_timesteps, flow_intervals, flow_sample, flow_step, sample
+from ddpm_lib.sampling import (SAMPLERS, ddim_sample, ddim_timesteps, default_sampler, flow_intervals, flow_sample,
+                               flow_step, sample)
 from ddpm_lib.schedule import make_schedule
 
 T = 1000
@@ -148,6 +149,15 @@ def test_objectives_and_networks_must_match():
     with pytest.raises(ValueError, match="use one of euler, midpoint, heun"):
         sample(GaussianVelocity(0.0, 1.0), path, 2, "ddim", 2)
     assert [s for s in SAMPLERS if SAMPLERS[s].process == "flow"] == ["euler", "midpoint", "heun"]
+
+
+def test_with_no_sampler_named_each_model_gets_the_first_that_fits_it():
+    """sample() without a sampler: Algorithm 2 for a diffusion model, Euler for a flow; the same draws as naming it."""
+    path, schedule = LinearPath(T), make_schedule("linear", T)
+    assert (default_sampler(schedule), default_sampler(path)) == ("ddpm", "euler")
+    exact = GaussianVelocity(0.5, 0.4)
+    torch.testing.assert_close(sample(exact, path, 3, steps=4, seed=1, batch_size=3),
+                               sample(exact, path, 3, "euler", 4, seed=1, batch_size=3), rtol=0, atol=0)
 
 
 def test_a_flow_model_trains_saves_and_samples(tmp_path):

@@ -8,7 +8,6 @@ an option the chosen sampler does not take is refused, not ignored.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 import time
 from pathlib import Path
@@ -17,18 +16,25 @@ from typing import NamedTuple
 import torch
 
 from ..presets import PRESETS
-from ..sampling import RUN_DEFAULTS, SAMPLERS, VARIANCES, Sampler, process_of, sample, samplers_for
+from ..sampling import (RUN_DEFAULTS, SAMPLERS, VARIANCES, Sampler, default_sampler, process_of, sample,
+                        samplers_for)
 from .._io import Output
 from ._common import (MAX_COUNT, UsageError, add_device_arg, add_force_arg, add_numerics_args, check_number,
                       check_outputs, check_samples_finite, check_seed, device, save_npy)
 
 #: the sampler options the command line offers: the samplers' name for each, and its flag
 SAMPLER_FLAGS = {"variance": "--variance", "eta": "--eta", "churn": "--churn", "clip_x0": "--clip-x0"}
-DEFAULT_SAMPLER = inspect.signature(sample).parameters["sampler"].default
-#: the sampler a flow-matching checkpoint gets when --sampler is not given
-DEFAULT_FLOW_SAMPLER = "euler"
 #: the T of the first preset (the shipped recipe), to show what --steps means in the help
 _HELP_T = next(iter(PRESETS.values())).T
+
+
+def _default_samplers() -> str:
+    """What --sampler defaults to, per kind of checkpoint: the first registered sampler of each (as
+    :func:`~ddpm_lib.sampling.default_sampler` picks)."""
+    first: dict[str, str] = {}
+    for s in SAMPLERS.values():
+        first.setdefault(s.process, s.name)
+    return ", ".join(f"{name} for a {process} checkpoint" for process, name in first.items())
 
 
 def _takers(option: str) -> str:
@@ -55,7 +61,7 @@ def add_sampler_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                    help="; ".join(f"{s.name}: {s.about}" for s in SAMPLERS.values()) +
-                   f" (default {DEFAULT_SAMPLER}, or {DEFAULT_FLOW_SAMPLER} for a flow-matching checkpoint)")
+                   f" (default: {_default_samplers()})")
     p.add_argument("--steps", type=int, default=None, help=_steps_help())
     p.add_argument("--variance", choices=list(VARIANCES), default=None,
                    help=f"sigma_t^2 of {_takers('variance')} (default {_default('variance')}; 'none' drops the "
@@ -165,7 +171,7 @@ def plan(args) -> Plan:
     ckpt = load_checkpoint(args.checkpoint or SHIPPED_CHECKPOINT)
     kind = process_of(ckpt.schedule)
     if args.sampler is None:
-        args.sampler = DEFAULT_FLOW_SAMPLER if kind == "flow" else DEFAULT_SAMPLER
+        args.sampler = default_sampler(ckpt.schedule)
     entry = SAMPLERS[args.sampler]
     if entry.process != kind:
         fits = " or ".join(samplers_for(ckpt.schedule))

@@ -116,9 +116,18 @@ def samplers_for(forward_process) -> list[str]:
     return [name for name, s in SAMPLERS.items() if s.process == process_of(forward_process)]
 
 
-def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str = "ddpm", steps: int | None = None,
-           **options) -> torch.Tensor:
+def default_sampler(forward_process) -> str:
+    """The sampler :func:`sample` uses when none is named: the first of :data:`SAMPLERS` that fits the model
+    ("ddpm", Algorithm 2, for a diffusion model; "euler" for a flow)."""
+    return samplers_for(forward_process)[0]
+
+
+def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str | None = None,
+           steps: int | None = None, **options) -> torch.Tensor:
     """Draw ``n`` images with the sampler called ``sampler`` (a key of :data:`SAMPLERS`) in ``steps`` network calls.
+
+    ``sampler`` defaults to :func:`default_sampler` of the model's forward process (``schedule``: a
+    :class:`DiffusionSchedule`, or a :class:`~ddpm_lib.flow.LinearPath` for a flow-matching model).
 
     ``steps`` defaults to the sampler's ``default_steps(T)`` (T for ddpm, 50 for ddim, 20 for the
     DPM-Solvers) and must lie between 1 and its ``max_steps(T)``. ``options``: the sampler's own
@@ -126,6 +135,7 @@ def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str =
     :func:`run_batches` (``seed``, ``batch_size``, ``class_labels``, ``guidance``, ...); anything
     else is refused with the list of what this sampler takes.
     """
+    sampler = default_sampler(schedule) if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
     entry = SAMPLERS[sampler]
@@ -144,7 +154,7 @@ def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str =
 __all__ = [
     "FLOW_SOLVERS", "RUN_DEFAULTS", "RUN_OPTIONS", "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "Sampler",
     "as_eps_model", "cold_sample", "ddim_default_steps", "ddim_invert", "ddim_sample", "ddim_step", "ddim_timesteps",
-    "ddpm_sample", "dpm_solver_default_steps", "dpm_solver_max_steps", "dpm_solver_pp_step", "dpm_solver_sample",
+    "ddpm_sample", "default_sampler", "dpm_solver_default_steps", "dpm_solver_max_steps", "dpm_solver_pp_step", "dpm_solver_sample",
     "dpm_solver_timesteps", "edm_default_steps", "edm_intervals", "edm_max_steps", "edm_sample", "edm_slope",
     "edm_step", "flow_default_steps", "flow_intervals", "flow_max_steps", "flow_sample", "flow_step",
     "karras_sigmas", "p_mean", "p_sample", "p_step", "process_of", "samplers_for", "schedule_sigmas", "sigma_to_t",
