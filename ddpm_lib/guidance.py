@@ -15,6 +15,7 @@ samples with
   eps_null + s * (eps_y - eps_null); ``w = 2`` here is ``guidance_scale = 3``
   there, and ``guidance_scale = 1`` is no guidance.
 
+:func:`drop_labels` is the training side (the paper's Algorithm 1).
 :class:`ClassifierFreeGuidance` wraps the network so that every sampler of
 :mod:`ddpm_lib.sampling` can use it unchanged: it is called as ``model(x, t)``
 and evaluates both predictions in one batched forward pass.
@@ -85,3 +86,15 @@ class ClassifierFreeGuidance(nn.Module):
         # both predictions in one pass: [x; x] with [y; null]
         eps_cond, eps_null = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
         return eps_cond + self.w * (eps_cond - eps_null)   # = (1 + w) eps_cond - w eps_null (Eq. 6)
+
+
+def drop_labels(y: torch.Tensor, num_classes: int, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
+    """Replace each label by the null label ``num_classes`` with probability ``p_uncond``.
+
+    Classifier-free guidance trains one network for both tasks (Ho & Salimans
+    2022, Algorithm 1): with the label it learns eps(x_t, t, y), without it
+    eps(x_t, t); sampling then mixes the two (:class:`ClassifierFreeGuidance`). :func:`ddpm_lib.training.train`
+    calls it on every batch of a class-conditional run.
+    """
+    drop = torch.rand(y.shape, generator=generator) < p_uncond
+    return torch.where(drop, torch.full_like(y, num_classes), y)

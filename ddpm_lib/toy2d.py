@@ -6,13 +6,16 @@ can be plotted, and the network can be compared with the exact answer it is trai
 
 * :class:`GaussianMixture2D` -- the data: a mixture of isotropic Gaussians in the plane. Its noisy
   marginals are mixtures too, so the best noise prediction E[eps | x_t] (:meth:`~GaussianMixture2D.eps_star`),
-  the score, and a flow's marginal velocity (:meth:`~GaussianMixture2D.velocity_star`) have closed forms.
+  the score, and a flow's marginal velocity (:meth:`~GaussianMixture2D.velocity_star`) have closed forms;
+  :meth:`~GaussianMixture2D.exact_model` wraps them as a network the samplers call, and
+  :meth:`~GaussianMixture2D.quality` scores a sample against the mixture.
 * :class:`MLPDenoiser` -- eps_theta(x_t, t) (or a velocity, or x0, ...) for points in the plane: the UNet's
   sinusoidal time embedding, then a small MLP. It takes the same timesteps as the book's networks (integers
   in [0, T), or real numbers in [0, T - 1]), and carries a ``config``, so every sampler of
   :mod:`ddpm_lib.sampling` draws from it unchanged (with ``image_shape=(2,)``).
-* :func:`train_toy` -- Algorithm 1 with fresh data at every step, one :func:`ddpm_lib.optim.train_step`
-  per step on a loss of :mod:`ddpm_lib.losses` (L_simple, or flow matching).
+* :func:`train_toy` -- Algorithm 1 with fresh data at every step (or on fixed (x_0, eps) pairs, as reflow
+  trains), one :func:`ddpm_lib.optim.train_step` per step on a loss of :mod:`ddpm_lib.losses` (L_simple, or
+  flow matching).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .flow import LinearPath
 from .losses import make_loss
 from .models import PREDICTIONS, sinusoidal_embedding
 from .optim import train_step
@@ -72,8 +76,8 @@ class GaussianMixture2D:
 
     def eps_star(self, x_t: torch.Tensor, alpha_bar) -> torch.Tensor:
         """E[eps | x_t] under DDPM's forward process at ``alpha_bar`` (a number, or one per point), float64."""
-        a, sigma = torch.as_tensor(alpha_bar, dtype=torch.float64).sqrt(), (1 - torch.as_tensor(alpha_bar,
-                                                                                                dtype=torch.float64)).sqrt()
+        alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
+        a, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         r, v = self._posterior(x_t, a, sigma)
         return sigma.reshape(-1, 1) / v * (x_t.double().reshape(-1, 2) - a.reshape(-1, 1) * (r @ self.means))
 
@@ -86,6 +90,20 @@ class GaussianMixture2D:
         e_eps = t[:, :, None] / v[:, :, None] * resid
         e_x0 = self.means[None] + ((1 - t) * self.std**2 / v)[:, :, None] * resid
         return ((e_eps - e_x0) * r[:, :, None]).sum(1)
+
+    def exact_model(self, forward_process) -> "ExactModel":
+        """The best network there can be, as one the samplers call: eps*(x_t, t) for a DDPM
+        :class:`~ddpm_lib.schedule.DiffusionSchedule` (integer timesteps), the marginal velocity u_t for a
+        flow's :class:`~ddpm_lib.flow.LinearPath` (network time t (T - 1))."""
+        return ExactModel(self, forward_process)
+
+    def quality(self, x: torch.Tensor) -> tuple[float, float]:
+        """How far points ``x`` (n, 2) are from the mixture: the largest error of the components' proportions
+        (each point counted for its nearest centre), and the mean distance from a point to its nearest centre."""
+        x = x.double().reshape(-1, 2)
+        nearest = torch.cdist(x, self.means).argmin(1)
+        share = torch.bincount(nearest, minlength=len(self.means)) / len(x)
+        return (share - self.weights).abs().max().item(), (x - self.means[nearest]).norm(dim=1).mean().item()
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) of the data (std > 0), float64."""
@@ -103,6 +121,25 @@ class ToyConfig:
     num_timesteps: int = 1000
     prediction: str = "eps"
     num_classes: int = 0
+
+
+class ExactModel(nn.Module):
+    """A :class:`GaussianMixture2D`'s exact eps* (DDPM) or marginal velocity (a flow) as a network: what a trained
+    :class:`MLPDenoiser` approximates, so a sampler's error can be told from the network's."""
+
+    def __init__(self, data: GaussianMixture2D, forward_process):
+        super().__init__()
+        self.data, self.process = data, forward_process
+        self.flow = isinstance(forward_process, LinearPath)
+        self.config = ToyConfig(forward_process.T, "velocity" if self.flow else "eps")
+        self.anchor = nn.Parameter(torch.zeros(()))             # a parameter, so the samplers find the device
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.flow:
+            return self.data.velocity_star(x, t.double() / (self.process.T - 1)).to(x.dtype)
+        if t.is_floating_point() and not bool((t == t.round()).all()):
+            raise ValueError("the exact eps* is defined at integer timesteps only: sample it with ddpm or ddim")
+        return self.data.eps_star(x, self.process.alpha_bars[t.long()]).to(x.dtype)
 
 
 class MLPDenoiser(nn.Module):
@@ -139,25 +176,37 @@ class MLPDenoiser(nn.Module):
         return self.net(torch.cat([x, temb], dim=1))
 
 
-def train_toy(model: nn.Module, forward_process, data: GaussianMixture2D, steps: int = 3000, batch_size: int = 512,
+def train_toy(model: nn.Module, forward_process, data, steps: int = 3000, batch_size: int = 512,
               lr: float = 2e-3, seed: int = 0, log_every: int = 100) -> list[tuple[int, float]]:
-    """Algorithm 1 on points drawn afresh at every step; returns the history [(step, mean loss of the last
-    ``log_every`` steps)]. ``forward_process``: a DDPM :class:`~ddpm_lib.schedule.DiffusionSchedule` (L_simple,
-    or the loss of ``model.config.prediction``) or a flow's :class:`~ddpm_lib.flow.LinearPath`
-    (flow matching); the loss is :func:`ddpm_lib.losses.make_loss`'s for it. Adam at a constant ``lr``;
-    every draw from one generator seeded with ``seed``.
+    """Algorithm 1 in the plane; returns the history [(step, mean loss of the last ``log_every`` steps)].
+
+    ``data``: a :class:`GaussianMixture2D` (fresh x_0 and eps at every step), or a pair of tensors
+    ``(x_0, eps)`` of shape (n, 2) already coupled row by row (reflow's pairs: each step trains on a random
+    batch of rows, the path from each x_0 to its own eps). ``forward_process``: a DDPM
+    :class:`~ddpm_lib.schedule.DiffusionSchedule` (L_simple, or the loss of ``model.config.prediction``) or a
+    flow's :class:`~ddpm_lib.flow.LinearPath` (flow matching); the loss is :func:`ddpm_lib.losses.make_loss`'s
+    for it. Adam at a constant ``lr``; every draw from one generator seeded with ``seed``.
     """
     if steps < 1 or batch_size < 1 or log_every < 1:
         raise ValueError(f"steps, batch_size and log_every must be at least 1, got {steps}, {batch_size}, {log_every}")
+    if not isinstance(data, GaussianMixture2D):
+        if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(torch.is_tensor(d) for d in data)
+                and data[0].shape == data[1].shape and data[0].dim() == 2 and data[0].shape[1] == 2):
+            raise ValueError("data must be a GaussianMixture2D or a pair of tensors (x_0, eps) of one shape (n, 2)")
     loss_fn = make_loss(forward_process, model.config.prediction)
     g = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     history, total = [], 0.0
     for step in range(1, steps + 1):
-        x0 = data.sample(batch_size, g)                          # line 2: x_0 ~ q(x_0)
-        t = loss_fn.sample_t(batch_size, g)                      # line 3: t ~ Uniform
-        noise = torch.randn(x0.shape, generator=g)               # line 4: eps ~ N(0, I)
+        if isinstance(data, GaussianMixture2D):
+            x0 = data.sample(batch_size, g)                      # line 2: x_0 ~ q(x_0)
+            t = loss_fn.sample_t(batch_size, g)                  # line 3: t ~ Uniform
+            noise = torch.randn(x0.shape, generator=g)           # line 4: eps ~ N(0, I)
+        else:
+            rows = torch.randint(0, len(data[0]), (batch_size,), generator=g)
+            t = loss_fn.sample_t(batch_size, g)
+            x0, noise = data[0][rows], data[1][rows]             # a coupled pair: x_0 and its own eps
         total += train_step(model, loss_fn, optimizer, x0, t, noise)    # line 5: a gradient step on the loss
         if step % log_every == 0 or step == steps:
             history.append((step, total / (log_every if step % log_every == 0 else step % log_every)))

@@ -5,20 +5,19 @@
         gradient step on || eps - eps_theta(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
     until converged
 
-:func:`train` is that loop: it draws the batch, takes one step with
-:func:`ddpm_lib.optim.train_step` on the loss of :mod:`ddpm_lib.losses`, and
-updates the exponential moving average of the weights (:mod:`ddpm_lib.ema`; the
-paper samples with EMA weights, decay 0.9999 over 800k steps; we use 0.999 for
-runs of a few thousand steps). Around it, what a real run needs: learning-rate
-warm-up and cool-down (:class:`ddpm_lib.presets.TrainConfig`), gradient clipping,
-the numerics this machine runs fastest (:mod:`ddpm_lib.numerics`), periodic
-atomic checkpoints (:mod:`ddpm_lib.checkpoint`), exact resume, a clean stop on
-Ctrl-C or SIGTERM, and a hard stop with a clear message when the loss becomes
-NaN or infinite.
+:func:`train` is that loop: it draws the batch, takes one step with :func:`ddpm_lib.optim.train_step`
+on the loss of :mod:`ddpm_lib.losses`, and updates the exponential moving average of the weights
+(:mod:`ddpm_lib.ema`; the paper samples with EMA weights, decay 0.9999 over 800k steps; we use 0.999
+for runs of a few thousand steps). Around it, what a real run needs: learning-rate warm-up and
+cool-down (:class:`ddpm_lib.presets.TrainConfig`), gradient clipping, the numerics this machine runs
+fastest (:mod:`ddpm_lib.numerics`), periodic atomic checkpoints (:mod:`ddpm_lib.checkpoint`), exact
+resume, a clean stop on Ctrl-C or SIGTERM, and a hard stop with a clear message on a NaN loss.
 
-Exact resume: every random draw of the loop (the data order, t and eps) comes
-from seeded generators whose state is saved with the weights, so a run that is
-interrupted and resumed produces the same model as one that was not.
+Reflow (Liu et al. 2022) trains on pairs already coupled: ``noise=`` gives each image its own eps
+(drawn by a flow's ODE), used in place of a fresh draw, and ``init=`` starts from the teacher's weights.
+
+Exact resume: every random draw of the loop (the data order, t and eps) comes from seeded generators
+whose state is saved with the weights, so a run interrupted and resumed ends where one not interrupted does.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from . import distributed
 from ._io import RunLock, stale_temporaries
 from .checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, check_run_folder, read_train_state,
                          save_checkpoint, save_train_state, schedule_to_dict)
+from .guidance import drop_labels
 from .ema import batchnorm_layers, ema_decay_at, ema_update, recalibrate_batchnorm
 from .losses import make_loss
 from .models import ModelConfig, build_model
@@ -50,17 +50,6 @@ from .schedule import DiffusionSchedule
 
 #: the clock the loop reads for its time budget (tests replace it with a fake one)
 clock = time.perf_counter
-
-
-def drop_labels(y: torch.Tensor, num_classes: int, p_uncond: float, generator: torch.Generator) -> torch.Tensor:
-    """Replace each label by the null label ``num_classes`` with probability ``p_uncond``.
-
-    Classifier-free guidance trains one network for both tasks (Ho & Salimans
-    2022, Algorithm 1): with the label it learns eps(x_t, t, y), without it
-    eps(x_t, t); sampling then mixes the two (:mod:`ddpm_lib.guidance`).
-    """
-    drop = torch.rand(y.shape, generator=generator) < p_uncond
-    return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
 @dataclass
@@ -122,10 +111,13 @@ def _recipe(config: TrainConfig) -> dict:
 
 
 def _check_inputs(model_config: ModelConfig, schedule, config: TrainConfig, data: torch.Tensor,
-                  labels: torch.Tensor | None) -> None:
+                  labels: torch.Tensor | None, noise: torch.Tensor | None) -> None:
     shape = (model_config.image_channels, model_config.image_size, model_config.image_size)
     if data.dim() != 4 or data.shape[1:] != shape:
         raise ValueError(f"training data must have shape (N, {', '.join(map(str, shape))}), got {tuple(data.shape)}")
+    if noise is not None and noise.shape != data.shape:
+        raise ValueError(f"noise pairs one eps with each image: it must have the data's shape {tuple(data.shape)}, "
+                         f"got {tuple(noise.shape)}")
     if len(data) < config.batch_size:
         raise ValueError(f"need at least batch_size={config.batch_size} images, got {len(data)}")
     k = model_config.num_classes
@@ -153,6 +145,7 @@ class _Run:
     config: TrainConfig
     data: torch.Tensor
     labels: torch.Tensor | None
+    noise: torch.Tensor | None     # each image's own eps (reflow's coupled pairs), or None: fresh draws
     out_dir: Path | None
     model: nn.Module
     ema_model: nn.Module
@@ -198,8 +191,8 @@ class _Run:
         save_checkpoint(self.out_dir / name, exported, self.schedule, info)
 
 
-def _start(model_config: ModelConfig, schedule, config: TrainConfig, data: torch.Tensor, labels, out_dir,
-           device, dist_timeout_s: float) -> _Run:
+def _start(model_config: ModelConfig, schedule, config: TrainConfig, data: torch.Tensor, labels, noise, init,
+           out_dir, device, dist_timeout_s: float) -> _Run:
     """Join the other processes (if any), build the model, its EMA copy and the optimizer, choose the numerics."""
     device = torch.device(device or "cpu")
     ranks = distributed.from_env()
@@ -208,7 +201,10 @@ def _start(model_config: ModelConfig, schedule, config: TrainConfig, data: torch
     micro = config.micro_batch(ranks.world_size)
     ranks = distributed.setup(device, dist_timeout_s)
     torch.manual_seed(config.seed)
-    model = build_model(model_config).to(device)
+    model = build_model(model_config)
+    if init is not None:                 # a warm start (reflow's student starts as its teacher); EMA too
+        model.load_state_dict(init.state_dict() if isinstance(init, nn.Module) else init)
+    model = model.to(device)
     ema_model = copy.deepcopy(model).eval()
     for p in ema_model.parameters():
         p.requires_grad_(False)
@@ -226,7 +222,7 @@ def _start(model_config: ModelConfig, schedule, config: TrainConfig, data: torch
     if ranks.is_main and out_dir is not None:   # left by a run killed mid-save; the checkpoints are intact
         for stale in stale_temporaries(out_dir, ".*.safetensors.*.tmp"):
             stale.unlink(missing_ok=True)
-    return _Run(model_config, schedule, config, data, labels, out_dir, model, ema_model, net, optimizer,
+    return _Run(model_config, schedule, config, data, labels, noise, out_dir, model, ema_model, net, optimizer,
                 torch.Generator().manual_seed(config.seed), numerics, ranks, device)
 
 
@@ -261,7 +257,7 @@ def _resume(run: _Run) -> None:
 
 def _draw_batch(run: _Run, perm: torch.Tensor, loss_fn):
     """Lines 2-4 of Algorithm 1 for this step: x_0 in the epoch's order, t ~ Uniform (drawn as the loss says:
-    integer steps for DDPM, real times for flow matching), eps ~ N(0, I).
+    integer steps for DDPM, real times for flow matching), eps ~ N(0, I) (or each image's own, for reflow).
 
     Every process draws the whole batch, as one process would, and keeps its slice.
     """
@@ -270,7 +266,8 @@ def _draw_batch(run: _Run, perm: torch.Tensor, loss_fn):
     idx = perm[i * b:(i + 1) * b]
     x0 = run.data[idx]
     t = loss_fn.sample_t(b, run.generator)                                  # t ~ Uniform
-    noise = torch.randn(x0.shape, generator=run.generator)                  # eps ~ N(0, I)
+    # eps ~ N(0, I), or for reflow the eps coupled with each x_0
+    noise = torch.randn(x0.shape, generator=run.generator) if run.noise is None else run.noise[idx]
     # class-conditional: each label dropped to the null label with probability p_uncond (drawn after
     # t and eps, so unconditional runs draw exactly what they always drew)
     y = None
@@ -310,7 +307,8 @@ def train(model_config: ModelConfig, schedule: DiffusionSchedule, config: TrainC
           out_dir: str | Path | None = None, resume: bool = True, labels: torch.Tensor | None = None,
           progress: bool = True, callback: Callable[[int, float, "TrainResult"], None] | None = None,
           device: torch.device | str | None = None, dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S,
-          overwrite: bool = False) -> TrainResult:
+          overwrite: bool = False, noise: torch.Tensor | None = None,
+          init: nn.Module | dict | None = None) -> TrainResult:
     """Run Algorithm 1 on ``data`` (float images (N, C, H, W) in [-1, 1]) for ``config.steps`` steps.
 
     ``schedule`` is the forward process; the loss follows from it (:func:`ddpm_lib.losses.make_loss`).
@@ -327,14 +325,18 @@ def train(model_config: ModelConfig, schedule: DiffusionSchedule, config: TrainC
     the batch stays ``config.batch_size`` images, ``config.accum_steps`` splits each slice further);
     rank 0 alone writes; a stop (Ctrl-C, SIGTERM, the time budget) on any rank stops all at the same
     step; ``dist_timeout_s`` bounds how long a rank waits for the others.
+
+    ``noise`` (the data's shape): each image's own eps, used in place of a fresh draw (reflow's pairs);
+    ``init`` (a model or its state dict): the weights to start from instead of a fresh initialisation.
+    Neither is part of the recipe a resume checks: resume a run with the same pairs and start.
     """
-    _check_inputs(model_config, schedule, config, data, labels)
+    _check_inputs(model_config, schedule, config, data, labels, noise)
     loss_fn = make_loss(schedule, model_config.prediction, config.min_snr_gamma)
     writer = out_dir is not None and distributed.from_env().is_main     # rank 0 alone writes, and locks
     with RunLock(out_dir) if writer else contextlib.nullcontext():
         if writer and not overwrite:
             check_run_folder(out_dir)
-        run = _start(model_config, schedule, config, data, labels, out_dir, device, dist_timeout_s)
+        run = _start(model_config, schedule, config, data, labels, noise, init, out_dir, device, dist_timeout_s)
         progress = progress and run.ranks.is_main
         if progress:
             print(f"numerics: {run.numerics.describe()}", flush=True)

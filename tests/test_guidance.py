@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpm_lib.guidance import ClassifierFreeGuidance, check_class_labels
+from ddpm_lib.guidance import ClassifierFreeGuidance, check_class_labels, drop_labels
 from ddpm_lib.models import ModelConfig, build_model
 from ddpm_lib.sampling import ddim_sample, dpm_solver_sample
 from ddpm_lib.schedule import make_schedule
-from ddpm_lib.training import TrainConfig, drop_labels, train
+from ddpm_lib.training import TrainConfig, train
 
 T = 50
 SCHEDULE = make_schedule("linear", T)

@@ -284,3 +284,38 @@ def test_snapshot_steps_export_the_ema_model(tmp_path):
     result = train(TINY, SCHEDULE, config(6, snapshot_steps=(3,)), tiny_data(), tmp_path, progress=False)
     snap = load_checkpoint(tmp_path / "model_step3.safetensors")
     assert snap.info["step"] == 3 and result.step == 6
+
+
+def test_reflow_pairs_and_a_warm_start_are_the_loop_written_out():
+    """train(noise=..., init=...): each image trains with its own eps and the run starts from the given weights;
+    the same steps written out by hand (the epoch's order, t from the run's generator, train_step, Adam with the
+    warm-up) give the same weights exactly (fp32)."""
+    from ddpm_lib.flow import LinearPath
+    from ddpm_lib.losses import FlowMatchingLoss
+    from ddpm_lib.models import build_model
+    from ddpm_lib.numerics import Numerics
+    from ddpm_lib.optim import train_step
+    from ddpm_lib.training import _epoch_permutation
+
+    path, flow = LinearPath(50), ModelConfig(**{**TINY.to_dict(), "prediction": "velocity"})
+    data, pairs = tiny_data(64), torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(7)
+    teacher = build_model(flow)
+    cfg = config(3, precision="fp32", channels_last=False)
+    result = train(flow, path, cfg, data, progress=False, noise=pairs, init=teacher)
+
+    by_hand = build_model(flow)
+    by_hand.load_state_dict(teacher.state_dict())
+    optimizer, loss, g = torch.optim.Adam(by_hand.parameters(), lr=cfg.lr), FlowMatchingLoss(path), \
+        torch.Generator().manual_seed(cfg.seed)
+    by_hand.train()
+    for step in range(3):
+        idx = _epoch_permutation(64, cfg.seed, step // 2)[(step % 2) * 32:(step % 2 + 1) * 32]
+        t = loss.sample_t(32, g)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(step, 0.0)
+        train_step(by_hand, loss, optimizer, data[idx], t, pairs[idx], numerics=Numerics("fp32"),
+                   grad_clip=cfg.grad_clip)
+    assert_same_weights(result.model, by_hand)
+    with pytest.raises(ValueError, match="noise pairs one eps with each image"):
+        train(flow, path, cfg, data, progress=False, noise=pairs[:10])
