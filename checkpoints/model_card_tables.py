@@ -146,8 +146,29 @@ def ablation_paired(root: Path) -> tuple[list[str], list[str]]:
     return files, lines
 
 
+def flow_goals(root: Path) -> tuple[list[str], list[str]]:
+    """The flow-matching checkpoints against issue 26's goals (section "The flow-matching checkpoints"), from
+    ``experiments/flow_matching.py``: the FD ratio and its 95% bootstrap interval; a goal ``ratio <= g`` is met
+    only if the whole interval lies within g, not met only if none of it does, else not settled at N = 1000."""
+    files = ["experiments/results/flow_matching.json"]
+    entries = load(root, files[0])["entries"]
+    ddpm = "the DDPM checkpoint, Algorithm 2, 1000 steps"
+    goals = ((f"flow, Heun, 20 calls, no worse than {ddpm}", "paired:ddpm:1000:vs:flow:heun:20", 1.0),
+             (f"flow, Euler, 20 calls, no worse than {ddpm}", "paired:ddpm:1000:vs:flow:euler:20", 1.0),
+             ("after reflow, Euler, 2 calls, within 2x of the flow with Heun at 20 calls",
+              "paired:flow:heun:20:vs:reflow:euler:2", 2.0))
+    lines = header("goal", "FD ratio", "95% interval", "verdict")
+    for goal, key, bound in goals:
+        e = entries.get(key)
+        if e is None:
+            continue
+        verdict = "met" if e["high"] <= bound else "not met" if e["low"] > bound else "not settled"
+        lines.append(row([goal, f"{e['ratio']:.2f}", f"{e['low']:.2f} to {e['high']:.2f}", verdict]))
+    return files, lines
+
+
 TABLES = {"quality": quality, "seeds": seeds, "candidate": candidate, "sampler-goals": sampler_goals,
-          "ablation-paired": ablation_paired}
+          "ablation-paired": ablation_paired, "flow-goals": flow_goals}
 
 # --------------------------------------------------------------------------- the card
 

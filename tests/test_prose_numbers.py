@@ -660,3 +660,36 @@ def test_model_card_has_no_dates_or_session_talk():
     # provenance (CPU, command, time taken) stays; when a run was made, and who tried what, go
     assert not re.findall(r"\b(?:today|yesterday|tonight|this (?:morning|week)|we tried|next time|"
                           r"this version of the (?:book|code))\b", card, re.IGNORECASE)
+
+
+def test_model_card_quotes_the_flow_checkpoints():
+    """The flow-matching section: the preset's steps, the run's time (the checkpoint's train_seconds), and the
+    reflow stages as experiments/flow_matching.py recorded them."""
+    from ddpm_lib.checkpoint import load_checkpoint
+    from ddpm_lib.presets import PRESETS
+
+    info = load_checkpoint(CHECKPOINTS / "flow_mnist.safetensors").info
+    recipe = PRESETS["flow"].train
+    assert info["step"] == recipe.steps == PRESETS["shipped"].train.steps
+    fm = results("flow_matching")
+    pairs, student = fm["reflow:pairs"], fm["reflow:student"]
+    q = card_quotes()
+    q.expect("the recipe", sci(recipe.lr), f"{recipe.warmup_steps}", recipe.batch_size,
+             short(recipe.grad_clip), recipe.ema_decay, recipe.seed, f"{recipe.steps:,}")
+    q.expect("the training time", f"{info['train_seconds']:,.0f}", f"{info['train_seconds'] / 60:.1f}")
+    q.expect("the reflow pairs and student", f"{pairs['n']:,}", pairs["seed"], pairs["calls"],
+             f"{student['steps']:,}", 2)
+    q.expect("the reflow times", f"{pairs['seconds']:.0f}", f"{student['train_seconds']:.0f}")
+    q.expect("the flow at 20 calls", f2(fm["flow:heun:20"]["fd"]), f2(fm["ddpm:dpmpp:20"]["fd"]),
+             f2(fm["ddpm:edm:20"]["fd"]), 1, 50)
+    q.expect("reflow's straightness and FD at one and two calls", f"{fm['straightness:flow']['straightness']:.3f}",
+             f"{fm['straightness:reflow']['straightness']:.4f}", f"{fm['flow:euler:1']['fd']:,.0f}",
+             f"{fm['reflow:euler:1']['fd']:.1f}", f"{fm['flow:euler:2']['fd']:,.0f}", f"{fm['reflow:euler:2']['fd']:.1f}",
+             20, f"{pairs['n']:,}", f"{student['steps']:,}")
+    assert fm["paired:flow:heun:20:vs:reflow:euler:2"]["low"] > 2            # "the goal is not met"
+    row = row_quotes("flow_mnist.safetensors")
+    row.expect("steps", f"{recipe.steps:,}")
+    row.check()
+    q.check()
+    assert pairs["solver"] == "heun" and student["pairs"] == pairs["n"]
+    assert load_checkpoint(CHECKPOINTS / "flow_mnist_reflow.safetensors").info["step"] == student["steps"]
