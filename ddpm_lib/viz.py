@@ -24,8 +24,10 @@ through them.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
+from html import escape
 import os
 import re
 from pathlib import Path
@@ -256,6 +258,8 @@ def frames_player(
     default_mode: str = "once",
     max_frames: int = 60,
     embed_limit_mb: float = EMBED_LIMIT_MB,
+    colors: int | None = 64,
+    caption: str | None = None,
 ):
     """A slider/player over precomputed frames that works without a kernel.
 
@@ -268,9 +272,11 @@ def frames_player(
     The frames are drawn with matplotlib's ``FuncAnimation`` and embedded as
     PNGs by ``to_jshtml``, so the page (a static Jupyter Book site included)
     can scrub through them with plain JavaScript. Keep it light: a few dozen
-    frames of a small figure at ``dpi=72`` is a few hundred kB. Raises if more
-    than ``max_frames`` frames are given, or if matplotlib would drop frames
-    because the HTML grows past ``embed_limit_mb``.
+    frames of a small figure at ``dpi=72`` is a few hundred kB. ``colors`` (default 64) stores each frame
+    as a palette PNG of at most that many colours, about 2.5 times smaller and alike to the eye (``None``:
+    matplotlib's full-colour frames). ``caption``: a sentence under the player, as a figure has (an HTML
+    ``<figure>`` with a ``<figcaption>``). Raises if more than ``max_frames`` frames are given, or if
+    matplotlib would drop frames because the HTML grows past ``embed_limit_mb``.
 
     Returns an ``IPython.display.HTML``; make it the last expression of a cell
     so that it is the cell's output.
@@ -281,7 +287,7 @@ def frames_player(
 
     frames = list(frames)
     n = len(frames)
-    labels = _player_labels(n, labels, max_frames, embed_limit_mb)
+    labels = _player_labels(n, labels, max_frames, embed_limit_mb, colors)
     grids = [image_grid(f, nrow=nrow) for f in frames]
     hists = [_density(f, hist_bins, hist_range)[0] for f in frames] if histogram else None
 
@@ -299,13 +305,13 @@ def frames_player(
         ax_img, ax_hist = fig.subplots(1, 1), None
     image = ax_img.imshow(grids[0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     ax_img.set_axis_off()
-    caption = ax_img.set_title(labels[0], fontsize="medium")
+    frame_label = ax_img.set_title(labels[0], fontsize="medium")
     if title:
         fig.suptitle(title, fontsize="medium")
 
     def draw(i):
         image.set_data(grids[i])
-        caption.set_text(labels[i])
+        frame_label.set_text(labels[i])
         if ax_hist is not None:
             bars.set_data(values=hists[i])
         return (image,)
@@ -315,11 +321,38 @@ def frames_player(
         bars = ax_hist.patches[0]  # the StepPatch drawn by ax.stairs
 
     anim = FuncAnimation(fig, draw, frames=n, interval=interval, blit=False, repeat=False)
-    return HTML(_embedded_html(anim, n, default_mode, embed_limit_mb))
+    return HTML(_finished(_embedded_html(anim, n, default_mode, embed_limit_mb), colors, caption))
 
 
-def _player_labels(n: int, labels, max_frames: int, embed_limit_mb: float) -> list[str]:
+def _finished(html: str, colors: int | None, caption: str | None) -> str:
+    """The player's HTML with palette frames (``colors``) and inside a captioned figure (``caption``)."""
+    if colors is not None:
+        html = _EMBEDDED_PNG.sub(lambda m: _palette_png(m, colors), html)
+    if caption:
+        html = (f'<figure class="frames-player">{html}<figcaption><p>{escape(caption)}</p></figcaption>'
+                "</figure>")
+    return html
+
+
+_EMBEDDED_PNG = re.compile(r'"data:image/png;base64,([^"]+)"')
+
+
+def _palette_png(match: re.Match, colors: int) -> str:
+    """One embedded frame again, as a palette PNG of at most ``colors`` colours."""
+    from PIL import Image
+
+    raw = base64.b64decode(match.group(1).replace("\\\n", ""))       # to_jshtml breaks lines with "\\\n"
+    with Image.open(io.BytesIO(raw)) as im:
+        palette = im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    buf = io.BytesIO()
+    palette.save(buf, format="PNG", optimize=True)
+    return '"data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode("ascii") + '"'
+
+
+def _player_labels(n: int, labels, max_frames: int, embed_limit_mb: float, colors: int | None) -> list[str]:
     """One caption per frame (``frame i`` by default), after checking what :func:`frames_player` was given."""
+    if colors is not None and not 2 <= colors <= 256:
+        raise ValueError(f"colors must be between 2 and 256 (or None: full colour), got {colors}")
     if not embed_limit_mb > 0:
         raise ValueError(f"embed_limit_mb must be positive, got {embed_limit_mb}")
     if n == 0:

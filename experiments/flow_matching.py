@@ -24,11 +24,14 @@ Then reflow (Liu et al. 2022), in three resumable stages:
 
 * `reflow:pairs`: REFLOW_PAIRS draws z ~ N(0, I), each carried to an image x(0) by the flow's ODE
   (Heun, PAIR_CALLS network calls), kept in `runs/flow_matching/reflow_pairs_*.npz`;
-* `reflow:student`: a student that starts as the flow (`train(init=...)`) and trains REFLOW_STEPS
-  steps of the flow preset's recipe on the straight lines between the pairs (`train(noise=...)`: each
-  image with its own z), in `runs/flow_matching/student_*/`, exported beside the flow's checkpoint
-  (`checkpoints/flow_mnist_reflow.safetensors`);
-* `reflow:euler:K` (K in REFLOW_CALLS), `straightness:reflow`, and the paired intervals of REFLOW_PAIRED.
+* `reflowS:student` (S = `--reflow-steps`, default REFLOW_STEPS): a student that starts as the flow
+  (`train(init=...)`) and trains S steps of the flow preset's recipe on the straight lines between the
+  pairs (`train(noise=...)`: each image with its own z), in `runs/flow_matching/student_*_sS/`; the
+  default one is exported beside the flow's checkpoint (`checkpoints/flow_mnist_reflow.safetensors`);
+* `reflowS:euler:K` (K in REFLOW_CALLS), `straightness:reflowS`, and the paired intervals of
+  REFLOW_PAIRED; and, paired, against every other student in the results file (from its kept images).
+  A student trained longer is the shorter one continued (the recipe has no cool-down), so
+  `--reflow-steps 3000` and the default measure one run at two lengths.
 
 Results go to `experiments/results/flow_matching.json`; images are kept in `runs/flow_matching/`.
 """
@@ -37,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,11 +73,11 @@ REFERENCE_SAMPLES = CHECKPOINT_DIR / "eval_ddpm_mnist_samples.npy"       # 1000-
 PAIRED = [(REFERENCE, "flow:heun:20"), (REFERENCE, "flow:euler:20"), ("ddpm:edm:20", "flow:heun:20"),
           ("ddpm:dpmpp:20", "flow:heun:20"), ("flow:euler:20", "flow:heun:20")]
 STRAIGHT_N, STRAIGHT_STEPS = 100, 100
-REFLOW_PAIRS, REFLOW_STEPS = 20_000, 3000
+REFLOW_PAIRS, REFLOW_STEPS = 20_000, 8000
 PAIR_SOLVER, PAIR_CALLS, PAIR_BATCH = "heun", 20, 1000
 REFLOW_CALLS = (1, 2, 4, 10, 20)
-REFLOW_PAIRED = [("flow:heun:20", "reflow:euler:2"), ("flow:heun:20", "reflow:euler:1"),
-                 ("flow:euler:2", "reflow:euler:2"), ("flow:euler:1", "reflow:euler:1")]
+REFLOW_PAIRED = [("flow:heun:20", "STUDENT:euler:2"), ("flow:heun:20", "STUDENT:euler:1"),
+                 ("flow:euler:2", "STUDENT:euler:2"), ("flow:euler:1", "STUDENT:euler:1")]
 
 
 def plan() -> list[str]:
@@ -96,18 +101,20 @@ def reflow_pairs(flow, numerics, n: int, stem: str, results: ResultsFile) -> tup
 
 
 def reflow_student(flow, flow_path: Path, x0: torch.Tensor, z: torch.Tensor, steps: int, results: ResultsFile):
-    """The student: the flow preset's recipe for ``steps`` steps, starting from the flow, on the pairs; exported
-    beside the flow's checkpoint as ``<its name>_reflow.safetensors``."""
-    recipe, run_dir = PRESETS["flow"], SAMPLES / f"student_n{len(x0)}_{flow_path.stem}"
-    exported = flow_path.with_name(f"{flow_path.stem}_reflow.safetensors")
+    """The student: the flow preset's recipe for ``steps`` steps, starting from the flow, on the pairs; with the
+    default steps exported beside the flow's checkpoint as ``<its name>_reflow.safetensors``."""
+    recipe, run_dir = PRESETS["flow"], SAMPLES / f"student_n{len(x0)}_{flow_path.stem}_s{steps}"
+    exported = (flow_path.with_name(f"{flow_path.stem}_reflow.safetensors") if steps == REFLOW_STEPS
+                else run_dir / "model.safetensors")
+    key = f"reflow{steps}:student"
     config = dataclasses.replace(recipe.train, steps=steps, snapshot_steps=(), seed=2)
     result = train(flow.model.config, flow.schedule, config, x0, out_dir=run_dir, progress=False,
                    noise=z, init=flow.model)
-    if not results.has("reflow:student"):
-        atomic_write_bytes(exported, (run_dir / "model.safetensors").read_bytes())
-        results.put("reflow:student", {"pairs": len(x0), "steps": result.step, "batch_size": config.batch_size,
-                                       "lr": config.lr, "train_seconds": round(result.seconds, 1),
-                                       "checkpoint": exported.name})
+    if not results.has(key):
+        if exported.parent != run_dir:
+            atomic_write_bytes(exported, (run_dir / "model.safetensors").read_bytes())
+        results.put(key, {"pairs": len(x0), "steps": result.step, "batch_size": config.batch_size, "lr": config.lr,
+                          "train_seconds": round(result.seconds, 1), "checkpoint": os.path.relpath(exported, ROOT)})
     return load_checkpoint(exported)
 
 
@@ -155,9 +162,10 @@ def main(argv=None) -> int:
         if entry == REFERENCE:
             return np.load(REFERENCE_SAMPLES)[:args.n]
         kind, sampler, k = entry.split(":")
-        ckpt = models[kind]
-        return kept_images(SAMPLES / f"{entry.replace(':', '_')}_{tag}.npy",
-                           lambda: draw_images(ckpt, numerics[kind], sampler, int(k), [0], n=args.n, batch=args.n))
+        student = f"_pairs{args.reflow_pairs}" if kind.startswith("reflow") else ""
+        return kept_images(SAMPLES / f"{entry.replace(':', '_')}_{tag}{student}.npy",
+                           lambda: draw_images(models[kind], numerics[kind], sampler, int(k), [0], n=args.n,
+                                               batch=args.n))
 
     def paired(pairs) -> None:
         for a, b in pairs:
@@ -193,11 +201,15 @@ def main(argv=None) -> int:
         return 0
     flow_path = Path(args.flow_checkpoint)
     x0, z = reflow_pairs(models["flow"], numerics["flow"], args.reflow_pairs, flow_path.stem, results)
-    models["reflow"] = reflow_student(models["flow"], flow_path, x0, z, args.reflow_steps, results)
-    numerics["reflow"] = numerics["flow"]
-    score([f"reflow:euler:{k}" for k in REFLOW_CALLS])
-    paired(REFLOW_PAIRED)
-    straight("reflow")
+    student = f"reflow{args.reflow_steps}"
+    models[student] = reflow_student(models["flow"], flow_path, x0, z, args.reflow_steps, results)
+    numerics[student] = numerics["flow"]
+    score([f"{student}:euler:{k}" for k in REFLOW_CALLS])
+    paired([(a, b.replace("STUDENT", student)) for a, b in REFLOW_PAIRED])
+    # a student trained for other steps on the same pairs (kept images): the longer training against it, paired
+    others = [k.split(":")[0] for k in results.data["entries"] if re.fullmatch(r"reflow\d+:student", k)]
+    paired([(f"{other}:euler:{k}", f"{student}:euler:{k}") for other in others if other != student for k in (1, 2)])
+    straight(student)
     return 0
 
 

@@ -140,6 +140,38 @@ def test_every_page_has_the_favicon(site):
     assert not missing, f"pages without a favicon that exists: {missing[:5]} ({len(missing)} in all)"
 
 
+def test_the_index_points_into_every_chapter(site):
+    """genindex.html lists the terms each chapter indexes (its ``{index}`` block under the title), with links."""
+    text = (site / "genindex.html").read_text(encoding="utf8")
+    linked = {c for c in CHAPTERS if f'href="{c}.html#index-' in text}
+    assert linked == set(CHAPTERS), f"chapters with no entry in the index: {sorted(set(CHAPTERS) - linked)}"
+
+
+def test_page_weights_are_reported_and_the_first_chapter_is_light(site, capsys):
+    """Every page's HTML weight, printed (pytest -s shows it); chapter 1, with its two players, under 0.6 MB,
+    and no page carries ipywidgets state it does not use."""
+    weights = {str(p.relative_to(site)): p.stat().st_size for p in sorted(site.rglob("*.html"))
+               if p.parent.name != "_static"}
+    with capsys.disabled():
+        print("\npage weights (kB): " + ", ".join(f"{k} {v / 1000:.0f}" for k, v in weights.items()))
+    assert weights["notebooks/01_forward_noising.html"] < 600_000, weights["notebooks/01_forward_noising.html"]
+    stale = [page for page in weights if "widget-state+json" in (site / page).read_text(encoding="utf8")]
+    assert not stale, f"pages with unused widget state: {stale}"
+
+
+def test_every_page_has_one_viewport_meta(site):
+    """One <meta name="viewport"> per page: the layout, the pydata theme and the book theme wrote three, and
+    offline_site keeps the first (a browser honours only one)."""
+    counts = {}
+    for page in sorted(site.rglob("*.html")):
+        text = page.read_text(encoding="utf8")
+        if page.parent.name == "_static" or re.match(r'\s*<meta http-equiv="Refresh"', text):
+            continue
+        counts[str(page.relative_to(site))] = len(re.findall(r'<meta\s+name="viewport"', text))
+    wrong = {page: n for page, n in counts.items() if n != 1}
+    assert counts and not wrong, f"pages without exactly one viewport meta tag: {wrong}"
+
+
 @pytest.mark.parametrize("docname", CHAPTERS)
 def test_exercise_solutions_are_labelled_as_solutions(site, docname):
     """A folded solution says "Show solution", not the generic "Show code cell content"."""

@@ -236,6 +236,30 @@ def test_frames_player_stays_small():
     assert len(html.data) < 2_000_000
 
 
+def test_frames_player_stores_palette_frames_smaller_and_alike():
+    """colors=64: every frame a palette PNG of at most 64 colours, the player smaller than with full-colour frames,
+    and each frame close to its full-colour version (mean absolute difference under 2 of 255 grey levels)."""
+    n, labels = 6, [f"t = {k}" for k in range(6)]
+    full = viz.frames_player(_frames(n), labels, nrow=4, histogram=True, colors=None).data
+    small = viz.frames_player(_frames(n), labels, nrow=4, histogram=True, colors=64).data
+    assert len(small) < 0.7 * len(full)
+    for a, b in zip(_embedded_pngs(full), _embedded_pngs(small)):
+        with Image.open(io.BytesIO(base64.b64decode(a.replace("\\\n", "")))) as im_a, \
+                Image.open(io.BytesIO(base64.b64decode(b.replace("\\\n", "")))) as im_b:
+            assert im_b.mode == "P" and len(im_b.getcolors(256)) <= 64
+            pa, pb = (np.asarray(im.convert("L"), dtype=float) for im in (im_a, im_b))
+            assert pa.shape == pb.shape and np.abs(pa - pb).mean() < 2
+    with pytest.raises(ValueError, match="colors must be between 2 and 256"):
+        viz.frames_player(_frames(2), colors=1)
+
+
+def test_frames_player_caption_is_a_figure_caption():
+    html = viz.frames_player(_frames(2), caption="Two frames: x < y & z").data
+    assert html.startswith('<figure class="frames-player">') and html.endswith("</figcaption></figure>")
+    assert "<figcaption><p>Two frames: x &lt; y &amp; z</p></figcaption>" in html
+    assert "<figure" not in viz.frames_player(_frames(2)).data
+
+
 def test_frames_player_checks_its_arguments():
     with pytest.raises(ValueError, match="empty"):
         viz.frames_player([])

@@ -15,6 +15,12 @@ A small Sphinx extension, loaded from ``book/_config.yml``
 * leaves out sphinx-thebe's scripts and its Binder configuration, which
   Jupyter Book adds to every page although this book has no Thebe button
   (they would fetch Thebe from a CDN, and start a Binder server, if used);
+* drops the ipywidgets state that the executed notebook carries from a page that
+  shows no live widget (the book's widget cells are removed from the site, and
+  their state would only weigh on the page);
+* keeps one ``<meta name="viewport">`` per page: Sphinx's basic layout, the
+  pydata theme and the book theme each write one (three per page, and a
+  browser honours only one of them);
 * warns -- which fails the ``-W`` build -- when a page
 
   - has an image with no alt text that is not in a figure with a caption,
@@ -201,6 +207,38 @@ def _drop_thebe_assets(app: Sphinx, pagename, templatename, context, doctree) ->
             context[key] = [asset for asset in context[key] if keep(asset)]
 
 
+_VIEWPORT = re.compile(r"[ \t]*<meta\s+name=[\"']viewport[\"'][^>]*>[ \t]*\n?", re.IGNORECASE)
+
+
+def one_viewport_meta(html: str) -> str:
+    """``html`` with every ``<meta name="viewport">`` after the first removed."""
+    seen = []
+
+    def drop_repeats(match: re.Match) -> str:
+        seen.append(match)
+        return match.group(0) if len(seen) == 1 else ""
+
+    return _VIEWPORT.sub(drop_repeats, html)
+
+
+_WIDGET_STATE = re.compile(r'<script type="application/vnd\.jupyter\.widget-state\+json">.*?</script>\s*', re.S)
+
+
+def without_unused_widget_state(html: str) -> str:
+    """``html`` without its ipywidgets state when no widget view on the page uses it."""
+    return html if WIDGET_VIEW in html else _WIDGET_STATE.sub("", html)
+
+
+def _tidy_pages(app: Sphinx, exception) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in Path(app.outdir).rglob("*.html"):
+        text = page.read_text(encoding="utf8")
+        fixed = without_unused_widget_state(one_viewport_meta(text))
+        if fixed != text:
+            page.write_text(fixed, encoding="utf8")
+
+
 def setup(app: Sphinx) -> dict:
     # Load MathJax on every page, not only on pages with equations in their body:
     # a chapter title with maths shows up in the sidebar and prev/next links of all pages.
@@ -210,4 +248,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("doctree-resolved", _process, priority=900)
     app.connect("doctree-resolved", _typeset_ref_titles, priority=900)
     app.connect("html-page-context", _drop_thebe_assets, priority=900)
+    app.connect("build-finished", _tidy_pages)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
