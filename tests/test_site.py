@@ -172,6 +172,35 @@ def test_every_page_has_one_viewport_meta(site):
     assert counts and not wrong, f"pages without exactly one viewport meta tag: {wrong}"
 
 
+def test_every_chapter_downloads_as_a_notebook_and_all_as_a_zip(site):
+    """Each chapter's download menu links its .ipynb and the zip of all chapters (book/_ext/notebook_downloads.py);
+    each notebook has the code cells of its .md source and no outputs, the zip holds every chapter, and "Run it
+    yourself" links the zip."""
+    import zipfile
+
+    import jupytext
+    import nbformat
+
+    zip_path = site / "_notebooks" / "ddpm-book-notebooks.zip"
+    assert zip_path.is_file(), "the zip of all chapters is missing"
+    with zipfile.ZipFile(zip_path) as archive:
+        names = set(archive.namelist())
+    for docname in CHAPTERS:
+        name = docname.split("/")[-1]
+        html = _html_path(docname).read_text(encoding="utf8")
+        for target in (f"../_notebooks/{name}.ipynb", "../_notebooks/ddpm-book-notebooks.zip"):
+            assert f'href="{target}"' in html, f"{docname}: no link to {target} in its download menu"
+        notebook = nbformat.read(site / "_notebooks" / f"{name}.ipynb", as_version=4)
+        nbformat.validate(notebook)
+        source = jupytext.read(ROOT / f"{docname}.md")
+        code = [c.source for c in notebook.cells if c.cell_type == "code"]
+        assert code == [c.source for c in source.cells if c.cell_type == "code"], f"{name}.ipynb: other code cells"
+        assert not any(c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+        assert f"ddpm-book-notebooks/{name}.ipynb" in names, f"{name} is not in the zip"
+    howto = _html_path("book/run_it_yourself").read_text(encoding="utf8")
+    assert 'href="../_notebooks/ddpm-book-notebooks.zip"' in howto
+
+
 @pytest.mark.parametrize("docname", CHAPTERS)
 def test_exercise_solutions_are_labelled_as_solutions(site, docname):
     """A folded solution says "Show solution", not the generic "Show code cell content"."""
