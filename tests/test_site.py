@@ -405,6 +405,32 @@ def test_page_in_browser(visit, docname):
     assert not problems, f"{docname}:\n  " + "\n  ".join(problems)
 
 
+def test_search_results_show_no_raw_tex(visit):
+    """Search results (book/_static/search-maths.js): the text under each result reads its maths as plain text
+    ("ᾱ_t", not "\\(\\bar\\alpha_t\\)"), the titles are typeset by MathJax, and nothing shows a backslash."""
+    import unicodedata
+
+    v = visit("search")
+    for tex, plain in ((r"\(\sqrt{1 - \bar\alpha_t}\,\epsilon\)", "√(1 - \u03b1\u0304_t) ε"),
+                       (r"\(q(x_{t-1} \mid x_t)\)", "q(x_(t-1) | x_t)"), (r"\(L_\text{simple}\)", "L_simple"),
+                       (r"\(\tilde{\mu}_t(x_t, x_0)\)", "\u03bc\u0303_t(x_t, x_0)")):
+        assert v.page.evaluate("tex => plainTeX(tex)", tex) == unicodedata.normalize("NFC", plain), tex
+    v.page.goto(v.url + "?q=posterior", wait_until="load")
+    v.page.wait_for_function(
+        """() => { const items = [...document.querySelectorAll('ul.search li')];
+                   return items.length > 0 && items.every(li => li.querySelector('p.context'))
+                          && /finished/.test(document.querySelector('.search-summary')?.textContent || ''); }""",
+        timeout=PAGE_TIMEOUT_MS,
+    )
+    v.wait_for_mathjax()
+    items = v.page.evaluate("[...document.querySelectorAll('ul.search li')].map(li => li.textContent)")
+    raw = [text for text in items if "\\" in text]
+    assert not raw, f"search results with raw TeX: {[t[:200] for t in raw[:3]]}"
+    contexts = v.page.evaluate("[...document.querySelectorAll('ul.search li p.context')].map(p => p.textContent)")
+    assert any(re.search(r"[α-ωᾱ]|_t", c) for c in contexts), "no result's summary shows any maths"
+    assert not v.errors, v.errors
+
+
 def test_chapters_have_equations(visit):
     """The book's chapters are about maths: at least one is typeset by MathJax."""
     counts = {d: visit(d).page.locator("mjx-container").count() for d in CHAPTERS}
