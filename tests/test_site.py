@@ -431,6 +431,20 @@ def test_search_results_show_no_raw_tex(visit):
     assert not v.errors, v.errors
 
 
+def test_the_model_cards_file_table_fits_a_phone(visit):
+    """At 390 px the model card's list of files shows both columns without scrolling (book/_static/fit.css: code
+    in a table cell wraps, the first column takes at most 40% of the screen); before, the file names' column
+    filled the screen and the descriptions were off to the right."""
+    v = visit("book/model_card", viewport=PHONE)
+    table = v.page.evaluate(
+        """() => { const t = document.querySelector('article table');
+                   const box = t.parentElement;
+                   return {table: t.getBoundingClientRect().width, shown: box.clientWidth, scroll: box.scrollWidth,
+                           heads: [...t.querySelectorAll('th')].map(th => th.getBoundingClientRect().left)}; }""")
+    assert table["scroll"] <= table["shown"] + 1, f"the file table scrolls sideways on a phone: {table}"
+    assert len(table["heads"]) == 2 and all(0 <= x < PHONE["width"] for x in table["heads"]), table
+
+
 def test_chapters_have_equations(visit):
     """The book's chapters are about maths: at least one is typeset by MathJax."""
     counts = {d: visit(d).page.locator("mjx-container").count() for d in CHAPTERS}
