@@ -188,7 +188,7 @@ def plot_schedule(schedules: Mapping[str, object], axes=None, title: str | None 
     if axes is None:
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), layout="constrained")
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.3), layout="constrained")
     else:
         if len(axes) != 3:
             raise ValueError(f"need 3 axes (beta, alpha_bar, log SNR), got {len(axes)}")

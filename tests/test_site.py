@@ -445,6 +445,26 @@ def test_the_model_cards_file_table_fits_a_phone(visit):
     assert len(table["heads"]) == 2 and all(0 <= x < PHONE["width"] for x in table["heads"]), table
 
 
+@pytest.mark.parametrize("docname", CHAPTERS)
+def test_figures_are_not_shrunk_past_reading(visit, docname):
+    """At 1280 px no chapter figure is drawn at less than 1 / 1.45 of its pixel width: a figure made wider than
+    the column (matplotlib at 100 dpi) shrinks its 10-point labels to 7 px and less (Fig. 9.4's legends were
+    6 px). The players are left out: their frames fit the column by fit.css."""
+    v = visit(docname)
+    v.page.evaluate("document.querySelectorAll('article img').forEach(i => i.loading = 'eager')")
+    v.page.evaluate("""async () => { for (let y = 0; y < document.body.scrollHeight; y += 800) {
+                                       window.scrollTo(0, y); await new Promise(r => setTimeout(r, 20)); } }""")
+    v.page.wait_for_function("[...document.querySelectorAll('article img')].every(i => i.complete)")
+    shrunk = v.page.evaluate(
+        """() => [...document.querySelectorAll('article img')]
+                 .filter(i => i.naturalWidth > 0 && !i.closest('.animation'))
+                 .map(i => ({w: i.naturalWidth, shown: i.getBoundingClientRect().width,
+                             caption: (i.closest('figure')?.querySelector('figcaption')?.textContent || '')
+                                      .trim().slice(0, 60)}))
+                 .filter(f => f.shown > 0 && f.w / f.shown > 1.45)""")
+    assert not shrunk, f"{docname}: figures shrunk past reading (make them narrower): {shrunk}"
+
+
 def test_chapters_have_equations(visit):
     """The book's chapters are about maths: at least one is typeset by MathJax."""
     counts = {d: visit(d).page.locator("mjx-container").count() for d in CHAPTERS}
