@@ -128,3 +128,22 @@ def velocity_from_eps(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float) 
     (x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), Ho et al. 2020, Eq. 15)."""
     x0 = (x_t - (1 - alpha_bar_t) ** 0.5 * eps) / alpha_bar_t ** 0.5
     return eps - x0
+
+
+def straightness(states: torch.Tensor, times: torch.Tensor) -> float:
+    """Liu et al. (2022)'s straightness of ODE paths, S = E int_0^1 |dx/dt - (x(1) - x(0))|^2 dt: zero for straight
+    lines walked at constant speed. ``states`` (K + 1, n, ...) are the paths at the decreasing ``times`` (K + 1,)
+    from 1 to 0 (a sampler's callback gives them); on each interval dx/dt is the chord of that interval, the
+    integral a sum over intervals weighted by their lengths, and |.|^2 is per coordinate (a mean over the
+    coordinates and the n paths), so images and points of the plane read on one scale."""
+    if states.dim() < 3 or len(states) != len(times) or len(times) < 2:
+        raise ValueError(f"states must be (K + 1, n, ...) with K + 1 = len(times) >= 2 steps of the path; got states "
+                         f"of shape {tuple(states.shape)} and {len(times)} times")
+    times = torch.as_tensor(times, dtype=states.dtype)
+    dt = times[:-1] - times[1:]
+    if bool((dt <= 0).any()):
+        raise ValueError("times must decrease (the path runs from t = 1, noise, to t = 0, data)")
+    velocity = (states[:-1] - states[1:]) / dt.reshape(-1, *[1] * (states.dim() - 1))   # dx/dt on each interval
+    chord = states[0] - states[-1]                                                     # x(1) - x(0)
+    per_interval = ((velocity - chord) ** 2).flatten(2).mean(2).mean(1)                # (K,)
+    return float((per_interval * dt).sum() / dt.sum())

@@ -75,19 +75,23 @@ class GaussianMixture2D:
 
     def _posterior(self, x: torch.Tensor, a, sigma, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
         """r_k(x) (n, K) and v (n, 1) for x = a x_0 + sigma eps; ``a``, ``sigma``: numbers or (n,) tensors.
-        Given ``labels`` (n,), each point's component is known: r is one-hot (the class-conditional case)."""
+        Given ``labels`` (n,), a point's component is known where its label k < K: r is one-hot there (the
+        class-conditional case); the null label K leaves it unknown (the mixture's posterior)."""
         x = x.double().reshape(-1, 2)
         a = torch.as_tensor(a, dtype=torch.float64).reshape(-1, 1)
         sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
         v = a**2 * self.std**2 + sigma**2
-        if labels is not None:
-            return nn.functional.one_hot(torch.as_tensor(labels).long(), self.num_classes).double(), v
         d2 = ((x[:, None, :] - a[:, :, None] * self.means[None]) ** 2).sum(-1)        # (n, K)
-        return torch.softmax(self.weights.log() - d2 / (2 * v), dim=1), v
+        r = torch.softmax(self.weights.log() - d2 / (2 * v), dim=1)
+        if labels is not None:
+            labels = torch.as_tensor(labels).long().reshape(-1, 1)
+            known = nn.functional.one_hot(labels.clamp(max=self.num_classes - 1).flatten(), self.num_classes)
+            r = torch.where(labels < self.num_classes, known.double(), r)
+        return r, v
 
     def eps_star(self, x_t: torch.Tensor, alpha_bar, labels=None) -> torch.Tensor:
-        """E[eps | x_t] (or E[eps | x_t, class] given ``labels``) under DDPM's forward process at ``alpha_bar``
-        (a number, or one per point), float64."""
+        """E[eps | x_t] (or E[eps | x_t, class] given ``labels``; the null label K: the mixture's) under DDPM's
+        forward process at ``alpha_bar`` (a number, or one per point), float64."""
         alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64)
         a, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
         r, v = self._posterior(x_t, a, sigma, labels)
@@ -95,7 +99,7 @@ class GaussianMixture2D:
 
     def velocity_star(self, x_t: torch.Tensor, t, labels=None) -> torch.Tensor:
         """u_t(x) = E[eps - x_0 | x_t] on the linear path x_t = (1 - t) x_0 + t eps (``t`` in (0, 1]), float64;
-        given ``labels``, u_t(x | class): the velocity of the data of that class alone."""
+        given ``labels``, u_t(x | class): the velocity of the data of that class alone (the null label K: u_t(x))."""
         t = torch.as_tensor(t, dtype=torch.float64).reshape(-1, 1)
         r, v = self._posterior(x_t, 1 - t, t, labels)
         x = x_t.double().reshape(-1, 2)
@@ -181,11 +185,7 @@ class ExactModel(nn.Module):
         return self.data.eps_star(x, self.process.alpha_bars[t.long()], labels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        out = self._field(x, t, None)
-        if y is not None and bool((y < self.data.num_classes).any()):
-            known = y < self.data.num_classes                  # the null label K: the mixture's own field
-            out[known] = self._field(x[known], t[known], y[known])
-        return out.to(x.dtype)
+        return self._field(x, t, y).to(x.dtype)                # the null label K: the mixture's own field
 
 
 class MLPDenoiser(nn.Module):

@@ -155,6 +155,9 @@ def test_with_no_sampler_named_each_model_gets_the_first_that_fits_it():
     """sample() without a sampler: Algorithm 2 for a diffusion model, Euler for a flow; the same draws as naming it."""
     path, schedule = LinearPath(T), make_schedule("linear", T)
     assert (default_sampler(schedule), default_sampler(path)) == ("ddpm", "euler")
+    assert (default_sampler("diffusion"), default_sampler("flow")) == ("ddpm", "euler")   # by the process's name
+    with pytest.raises(ValueError, match="unknown kind of model 'score'"):
+        default_sampler("score")
     exact = GaussianVelocity(0.5, 0.4)
     torch.testing.assert_close(sample(exact, path, 3, steps=4, seed=1, batch_size=3),
                                sample(exact, path, 3, "euler", 4, seed=1, batch_size=3), rtol=0, atol=0)
@@ -204,18 +207,18 @@ def test_the_command_line_trains_and_samples_a_flow_and_refuses_what_does_not_fi
 
 
 def test_straightness_is_zero_for_straight_paths_and_measures_a_bend():
-    """experiments/flow_matching.straightness: 0 for paths at constant velocity on any time grid; for x(t) = t^2
-    (velocity 2t, chord 1) it is the integral of (2t - 1)^2 over [0, 1], 1/3."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    from flow_matching import straightness
+    """ddpm_lib.flow.straightness: 0 for paths at constant velocity on any time grid; for x(t) = t^2
+    (velocity 2t, chord 1) it is the integral of (2t - 1)^2 over [0, 1], 1/3; shapes and times are checked."""
+    from ddpm_lib.flow import straightness
 
     times = torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0])
-    start, end = torch.randn(3, 2), torch.randn(3, 2)
+    start, end = torch.randn(3, 2, generator=torch.Generator().manual_seed(0)), torch.zeros(3, 2)
     line = torch.stack([end + t * (start - end) for t in times])
     assert straightness(line, times) < 1e-10
+    with pytest.raises(ValueError, match="times must decrease"):
+        straightness(line, times.flip(0))
+    with pytest.raises(ValueError, match=r"K \+ 1 = len\(times\)"):
+        straightness(line[:-1], times)
     fine = torch.linspace(1, 0, 2001)
     bend = (fine**2).reshape(-1, 1, 1).expand(-1, 4, 1)
     assert abs(straightness(bend, fine) - 1 / 3) < 1e-3

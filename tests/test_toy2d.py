@@ -116,6 +116,8 @@ def test_guidance_on_the_exact_fields_is_the_sum_of_velocities():
     u_k, u = DATA.velocity_star(x, 600 / 999, labels), DATA.velocity_star(x, 600 / 999)
     torch.testing.assert_close(exact(x, t, labels), u_k.float())
     torch.testing.assert_close(exact(x, t, torch.full((64,), 4)), u.float())
+    even = (torch.arange(64) % 2 == 0)[:, None]                   # one batch with known and null labels
+    torch.testing.assert_close(exact(x, t, torch.where(even[:, 0], labels, 4)), torch.where(even, u_k, u).float())
     torch.testing.assert_close(ClassifierFreeGuidance(exact, labels, 2.0)(x, t), (3 * u_k - 2 * u).float())
     landed = sample(exact, path, 400, "heun", 20, seed=0, image_shape=(2,), batch_size=400, class_labels=2)
     assert bool((torch.cdist(landed.double(), DATA.means).argmin(1) == 2).all())

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from ..presets import PRESETS
-from ..sampling import (RUN_DEFAULTS, SAMPLERS, VARIANCES, Sampler, default_sampler, process_of, sample,
+from ..sampling import (PROCESSES, RUN_DEFAULTS, SAMPLERS, VARIANCES, Sampler, default_sampler, process_of, sample,
                         samplers_for)
 from .._io import Output
 from ._common import (MAX_COUNT, UsageError, add_device_arg, add_force_arg, add_numerics_args, check_number,
@@ -29,12 +29,8 @@ _HELP_T = next(iter(PRESETS.values())).T
 
 
 def _default_samplers() -> str:
-    """What --sampler defaults to, per kind of checkpoint: the first registered sampler of each (as
-    :func:`~ddpm_lib.sampling.default_sampler` picks)."""
-    first: dict[str, str] = {}
-    for s in SAMPLERS.values():
-        first.setdefault(s.process, s.name)
-    return ", ".join(f"{name} for a {process} checkpoint" for process, name in first.items())
+    """What --sampler defaults to, per kind of checkpoint (:func:`~ddpm_lib.sampling.default_sampler`)."""
+    return ", ".join(f"{default_sampler(process)} for a {process} checkpoint" for process in PROCESSES)
 
 
 def _takers(option: str) -> str:

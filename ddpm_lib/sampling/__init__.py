@@ -106,19 +106,29 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
 )}
 
 
+PROCESSES = ("diffusion", "flow")     # the kinds of model a sampler fits (:attr:`Sampler.process`)
+
+
 def process_of(forward_process) -> str:
-    """"flow" for a flow's :class:`~ddpm_lib.flow.LinearPath`, else "diffusion": what :attr:`Sampler.process` names."""
+    """"flow" for a flow's :class:`~ddpm_lib.flow.LinearPath`, else "diffusion": what :attr:`Sampler.process` names.
+    A name of :data:`PROCESSES` is returned as it is."""
+    if isinstance(forward_process, str):
+        if forward_process not in PROCESSES:
+            raise ValueError(f"unknown kind of model {forward_process!r}: expected one of {', '.join(PROCESSES)}")
+        return forward_process
     return "flow" if isinstance(forward_process, LinearPath) else "diffusion"
 
 
 def samplers_for(forward_process) -> list[str]:
-    """The names of the samplers of :data:`SAMPLERS` that fit a model of this forward process."""
+    """The names of the samplers of :data:`SAMPLERS` that fit a model of this forward process (or of this name of
+    :data:`PROCESSES`)."""
     return [name for name, s in SAMPLERS.items() if s.process == process_of(forward_process)]
 
 
 def default_sampler(forward_process) -> str:
     """The sampler :func:`sample` uses when none is named: the first of :data:`SAMPLERS` that fits the model
-    ("ddpm", Algorithm 2, for a diffusion model; "euler" for a flow)."""
+    ("ddpm", Algorithm 2, for a diffusion model; "euler" for a flow). ``forward_process``: the model's schedule
+    or path, or a name of :data:`PROCESSES`."""
     return samplers_for(forward_process)[0]
 
 
@@ -152,7 +162,7 @@ def sample(model: nn.Module, schedule: DiffusionSchedule, n: int, sampler: str |
 
 
 __all__ = [
-    "FLOW_SOLVERS", "RUN_DEFAULTS", "RUN_OPTIONS", "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "Sampler",
+    "FLOW_SOLVERS", "PROCESSES", "RUN_DEFAULTS", "RUN_OPTIONS", "SAMPLERS", "VARIANCES", "BatchContext", "DDIMStep", "EpsFromPrediction", "Sampler",
     "as_eps_model", "cold_sample", "ddim_default_steps", "ddim_invert", "ddim_sample", "ddim_step", "ddim_timesteps",
     "ddpm_sample", "default_sampler", "dpm_solver_default_steps", "dpm_solver_max_steps", "dpm_solver_pp_step", "dpm_solver_sample",
     "dpm_solver_timesteps", "edm_default_steps", "edm_intervals", "edm_max_steps", "edm_sample", "edm_slope",
