@@ -10,7 +10,8 @@ Both checkpoints have the same network and were trained for the same 10,646 step
 * `flow:SOLVER:K`: the flow model with Euler or Heun at K network calls (K in CALLS), scored with the
   book's metric (`ddpm_lib.metrics.evaluate_samples`: FD and its floor, KID, precision and recall);
 * `ddpm:SAMPLER:K`: the DDPM checkpoint with DPM-Solver++(2M) and the EDM sampler, its best at 20 calls in
-  chapter 8, at the same budgets (from 10 calls, the least the book measured useful for them);
+  chapter 8, at the same budgets (at one call DPM-Solver++ is one DDIM step, and the EDM sampler one Euler
+  step to sigma = 0, which returns its prediction of x_0);
 * `paired:A:vs:B`: the paired bootstrap interval of FD_B / FD_A (`ddpm_lib.metrics.compare_paired`) for
   the comparisons in PAIRED, from the same x_T; `ddpm:1000` is the committed 1000-step Algorithm 2 sample
   of the shipped checkpoint (`checkpoints/eval_ddpm_mnist_samples.npy`), compared unpaired (its x_T and
@@ -29,7 +30,8 @@ Then reflow (Liu et al. 2022), in three resumable stages:
   pairs (`train(noise=...)`: each image with its own z), in `runs/flow_matching/student_*_sS/`; the
   default one is exported beside the flow's checkpoint (`checkpoints/flow_mnist_reflow.safetensors`);
 * `reflowS:euler:K` (K in REFLOW_CALLS), `straightness:reflowS`, and the paired intervals of
-  REFLOW_PAIRED; and, paired, against every other student in the results file (from its kept images).
+  REFLOW_PAIRED (the student against the flow, and against the DDPM checkpoint's solvers at the same one or
+  two calls); and, paired, against every other student in the results file (from its kept images).
   A student trained longer is the shorter one continued (the recipe has no cool-down), so
   `--reflow-steps 3000` and the default measure one run at two lengths.
 
@@ -56,7 +58,7 @@ from _results import ResultsFile, draw_images, kept_images, load_images, save_im
 
 from ddpm_lib._io import atomic_write_bytes  # noqa: E402
 from ddpm_lib.checkpoint import CHECKPOINT_DIR, SHIPPED_CHECKPOINT, load_checkpoint  # noqa: E402
-from ddpm_lib.flow import from_diffusion  # noqa: E402
+from ddpm_lib.flow import from_diffusion, straightness  # noqa: E402
 from ddpm_lib.presets import PRESETS  # noqa: E402
 from ddpm_lib.training import train  # noqa: E402
 from ddpm_lib.metrics import compare_paired, evaluate_samples, features  # noqa: E402
@@ -77,13 +79,14 @@ REFLOW_PAIRS, REFLOW_STEPS = 20_000, 8000
 PAIR_SOLVER, PAIR_CALLS, PAIR_BATCH = "heun", 20, 1000
 REFLOW_CALLS = (1, 2, 4, 10, 20)
 REFLOW_PAIRED = [("flow:heun:20", "STUDENT:euler:2"), ("flow:heun:20", "STUDENT:euler:1"),
-                 ("flow:euler:2", "STUDENT:euler:2"), ("flow:euler:1", "STUDENT:euler:1")]
+                 ("flow:euler:2", "STUDENT:euler:2"), ("flow:euler:1", "STUDENT:euler:1")] + \
+                [(f"ddpm:{s}:{k}", f"STUDENT:euler:{k}") for s in DDPM_SAMPLERS for k in (1, 2)]
 
 
 def plan() -> list[str]:
     """Every sampler entry, flow first."""
     return [f"flow:{s}:{k}" for s in FLOW_SOLVERS for k in CALLS if not (s == "heun" and k == 1)] + \
-           [f"ddpm:{s}:{k}" for s in DDPM_SAMPLERS for k in CALLS if k >= 10]
+           [f"ddpm:{s}:{k}" for s in DDPM_SAMPLERS for k in CALLS]
 
 
 def reflow_pairs(flow, numerics, n: int, stem: str, results: ResultsFile) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,25 +110,17 @@ def reflow_student(flow, flow_path: Path, x0: torch.Tensor, z: torch.Tensor, ste
     exported = (flow_path.with_name(f"{flow_path.stem}_reflow.safetensors") if steps == REFLOW_STEPS
                 else run_dir / "model.safetensors")
     key = f"reflow{steps}:student"
+    if results.has(key) and exported.exists():                 # trained and recorded on an earlier run
+        return load_checkpoint(exported)
     config = dataclasses.replace(recipe.train, steps=steps, snapshot_steps=(), seed=2)
     result = train(flow.model.config, flow.schedule, config, x0, out_dir=run_dir, progress=False,
                    noise=z, init=flow.model)
+    if exported.parent != run_dir:
+        atomic_write_bytes(exported, (run_dir / "model.safetensors").read_bytes())
     if not results.has(key):
-        if exported.parent != run_dir:
-            atomic_write_bytes(exported, (run_dir / "model.safetensors").read_bytes())
         results.put(key, {"pairs": len(x0), "steps": result.step, "batch_size": config.batch_size, "lr": config.lr,
                           "train_seconds": round(result.seconds, 1), "checkpoint": os.path.relpath(exported, ROOT)})
     return load_checkpoint(exported)
-
-
-def straightness(states: torch.Tensor, times: torch.Tensor) -> float:
-    """Liu et al.'s straightness of paths given as states (K + 1, n, ...) at decreasing times (K + 1,) from 1 to 0:
-    the time-weighted mean of |v - (x(1) - x(0))|^2 over the K intervals, per coordinate."""
-    dt = (times[:-1] - times[1:]).reshape(-1, *[1] * (states.dim() - 1))       # > 0: time runs down
-    velocity = (states[:-1] - states[1:]) / dt                                  # dx/dt on each interval
-    chord = states[0] - states[-1]                                              # x(1) - x(0)
-    per_interval = ((velocity - chord) ** 2).flatten(2).mean(2).mean(1)         # (K,)
-    return float((per_interval * dt.flatten()).sum() / dt.sum())
 
 
 def _path(model, schedule, kind: str, x_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,8 @@
 
     python experiments/guidance_sweep.py                       # every w not yet in the results file
     python experiments/guidance_sweep.py --weights 0 2 --sampler dpmpp --steps 20
+    python experiments/guidance_sweep.py --checkpoint checkpoints/flow_mnist_conditional.safetensors \
+        --unconditional checkpoints/flow_mnist.safetensors --sampler euler --out experiments/results/guidance_flow.json
 
 For each guidance weight w, 100 images are asked for each digit (N = 1000, batch 500, seed 0)
 and the book's classifier judges them: the fraction classified as the digit asked for
@@ -13,10 +15,12 @@ figure for real test digits. Each entry also holds the KID and precision/recall 
 digit's, and the paired comparison of its FD with w = 0 (`compare_paired`: every w starts from
 the same x_T and labels, so the comparison is paired). Results go to
 `experiments/results/guidance_sweep.json`; rerun to resume. The images are kept in
-`runs/guidance_sweep/` (not committed) for the comparisons.
+`runs/guidance_sweep/` (not committed) for the comparisons, named after the checkpoint's file unless it is
+the default one.
 
 `balanced:SAMPLER:STEPS` asks whether the label helps by itself, or only because the sweep asks
-for exactly 100 of each digit: it draws 3000 samples from the *unconditional* checkpoint (same
+for exactly 100 of each digit: it draws 3000 samples from the *unconditional* checkpoint
+(`--unconditional`: the shipped DDPM one, or the flow for the conditional flow; same
 sampler and steps, x_T seeds 0-2), keeps the first 100 the classifier assigns to each digit
 (class-balanced resampling), and compares the FD of those 1000, and of the plain first 1000,
 with the conditional model at w = 0 (unpaired: other noises); `vs_plain` compares every weight
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,17 +67,19 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> list[float]:
     return [centre - half, centre + half]
 
 
-def _path(name: str) -> Path:
-    return IMAGES / f"{name}.npy"
+def _path(name: str, checkpoint: str | Path = CONDITIONAL_CHECKPOINT) -> Path:
+    """Where a run's images are kept: the default checkpoint's under ``name``, another's under its file's stem too."""
+    same = Path(checkpoint).resolve() in (CONDITIONAL_CHECKPOINT.resolve(), SHIPPED_CHECKPOINT.resolve())
+    return IMAGES / (f"{name}.npy" if same else f"{Path(checkpoint).stem}_{name}.npy")
 
 
 def balanced_entry(args, classifier, w0_images) -> dict:
     """The unconditional checkpoint's samples, class-balanced by the classifier, against w = 0."""
-    ckpt = load_checkpoint(SHIPPED_CHECKPOINT)
+    ckpt = load_checkpoint(args.unconditional)
     numerics = choose_numerics(ckpt.model, purpose="sample", batch_size=1000)
     parts = []
     for seed in BALANCED_POOL_SEEDS:
-        x = kept_images(_path(f"unconditional_{args.sampler}_{args.steps}_seed{seed}"),
+        x = kept_images(_path(f"unconditional_{args.sampler}_{args.steps}_seed{seed}", args.unconditional),
                         lambda: draw_images(ckpt, numerics, args.sampler, args.steps, [seed], batch=500))
         parts.append(torch.from_numpy(x))
     pool = torch.cat(parts)
@@ -92,7 +99,8 @@ def balanced_entry(args, classifier, w0_images) -> dict:
         "vs_plain": {f"{w:g}": compare_paired(plain_feats, features(load_images(path), classifier),
                                              paired=False).as_dict()
                      for w in WEIGHTS
-                     if (path := _path(f"{args.sampler}_{args.steps}_w{w:g}_seed{args.seed}")).exists()},
+                     if (path := _path(f"{args.sampler}_{args.steps}_w{w:g}_seed{args.seed}",
+                                       args.checkpoint)).exists()},
     }
 
 
@@ -108,10 +116,12 @@ def main(argv=None) -> int:
     p.add_argument("--sampler", default="dpmpp-sde")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default=str(CONDITIONAL_CHECKPOINT))
+    p.add_argument("--checkpoint", default=str(CONDITIONAL_CHECKPOINT), help="the class-conditional checkpoint")
+    p.add_argument("--unconditional", default=str(SHIPPED_CHECKPOINT),
+                   help="the unconditional checkpoint the balanced entry resamples (the same objective and recipe)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
-    results = ResultsFile(args.out, "classifier-free guidance sweep of the conditional checkpoint: 100 images per "
+    results = ResultsFile(args.out, f"classifier-free guidance sweep of {Path(args.checkpoint).name}: 100 images per "
                                     "digit, written by experiments/guidance_sweep.py")
     ckpt = load_checkpoint(args.checkpoint)
     classifier = load_classifier()
@@ -122,7 +132,7 @@ def main(argv=None) -> int:
             features(test.images[:10_000], classifier), test.labels[:10_000])})
     real_var = results.get("real")["within_class_variance"]
     numerics = choose_numerics(ckpt.model, purpose="sample", batch_size=500)
-    w0_path = _path(f"{args.sampler}_{args.steps}_w0_seed{args.seed}")
+    w0_path = _path(f"{args.sampler}_{args.steps}_w0_seed{args.seed}", args.checkpoint)
     w0_feats = None  # the unguided samples' features, computed once, for every weight's paired comparison
     for w in args.weights:
         key = f"{args.sampler}:{args.steps}:w{w:g}:seed{args.seed}"
@@ -130,7 +140,7 @@ def main(argv=None) -> int:
             continue
         t0 = time.perf_counter()
         images = torch.from_numpy(kept_images(
-            _path(f"{args.sampler}_{args.steps}_w{w:g}_seed{args.seed}"),
+            _path(f"{args.sampler}_{args.steps}_w{w:g}_seed{args.seed}", args.checkpoint),
             lambda: draw_images(ckpt, numerics, args.sampler, args.steps, [args.seed], n=len(asked), batch=500,
                                 class_labels=asked, guidance=w)))
         seconds = time.perf_counter() - t0
@@ -143,6 +153,7 @@ def main(argv=None) -> int:
         report = evaluate_samples(images, seed=args.seed, classifier=classifier)
         report.update(
             w=w, guidance_scale_diffusers=1 + w, sampler=args.sampler, steps=args.steps, seed=args.seed,
+            checkpoint=os.path.relpath(Path(args.checkpoint).resolve(), ROOT),
             accuracy=float(correct.float().mean()),
             accuracy_interval=wilson_interval(int(correct.sum()), len(asked)),
             accuracy_per_digit=[c / PER_DIGIT for c in per_digit],

@@ -662,6 +662,37 @@ def test_model_card_has_no_dates_or_session_talk():
                           r"this version of the (?:book|code))\b", card, re.IGNORECASE)
 
 
+def test_model_card_quotes_the_conditional_flow():
+    """The conditional flow's recipe, training time and guidance sweep (experiments/results/guidance_flow.json)."""
+    from ddpm_lib.checkpoint import load_checkpoint
+    from ddpm_lib.presets import PRESETS
+
+    info = load_checkpoint(CHECKPOINTS / "flow_mnist_conditional.safetensors").info
+    recipe = PRESETS["conditional"].train
+    assert info["step"] == recipe.steps
+    sweep = results("guidance_flow")
+    by_w = {e["w"]: e for e in sweep.values() if "w" in e}
+    flow = load_checkpoint(CHECKPOINTS / "flow_mnist.safetensors").info
+    q = card_quotes()
+    q.expect("the recipe", recipe.p_uncond, sci(recipe.lr), recipe.warmup_steps, recipe.batch_size, recipe.ema_decay,
+             recipe.seed, f"{recipe.steps:,}")
+    q.expect("the training time", f"{info['train_seconds']:,.0f}", f"{info['train_seconds'] / 60:.1f}")
+    q.expect("the idle estimate", f"{flow['step']:,}", f"{flow['train_seconds']:,.0f}", f"{recipe.steps:,}",
+             round(recipe.steps / flow["step"] * flow["train_seconds"] / 60))
+    q.expect("the sampler and weights", 20, *(f"{w:g}" for w in sorted(by_w)), 100, 0, 20, 40)
+    w0, w02, w5 = by_w[0.0], by_w[0.2], by_w[5.0]
+    q.expect("w = 0", 0, pct(w0["accuracy"]), "95%", *map(pct, w0["accuracy_interval"]), f2(w0["fd"]),
+             f2(w0["fd_floor"]))
+    q.expect("w = 0.2", "0.2", pct(w02["accuracy"]), *map(pct, w02["accuracy_interval"]), f2(w02["fd"]),
+             f2(w02["vs_w0"]["ratio"]), 0, f2(w02["vs_w0"]["low"]), f2(w02["vs_w0"]["high"]))
+    q.expect("w = 5", 5, f2(w5["fd"]), f2(w5["diversity_vs_real"]))
+    assert all(e["vs_w0"]["verdict"] == "worse" for w, e in by_w.items() if w >= 0.2)   # "every weight from 0.2 up"
+    balanced = sweep["balanced:euler:20"]["w0_vs_balanced"]
+    assert balanced["verdict"] == "better"
+    q.expect("balanced", 100, 20, f2(balanced["ratio"]), f2(balanced["low"]), f2(balanced["high"]))
+    q.check()
+
+
 def test_model_card_quotes_the_flow_checkpoints():
     """The flow-matching section: the preset's steps, the run's time (the checkpoint's train_seconds), and the
     reflow stages as experiments/flow_matching.py recorded them."""
