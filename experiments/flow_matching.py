@@ -63,7 +63,7 @@ from ddpm_lib.presets import PRESETS  # noqa: E402
 from ddpm_lib.training import train  # noqa: E402
 from ddpm_lib.metrics import compare_paired, evaluate_samples, features  # noqa: E402
 from ddpm_lib.numerics import Numerics, choose_numerics  # noqa: E402
-from ddpm_lib.sampling import ddim_timesteps, sample  # noqa: E402
+from ddpm_lib.sampling import ddim_timesteps, record_trajectory, sample  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "flow_matching.json"
 SAMPLES = ROOT / "runs" / "flow_matching"
@@ -125,12 +125,13 @@ def reflow_student(flow, flow_path: Path, x0: torch.Tensor, z: torch.Tensor, ste
 
 def _path(model, schedule, kind: str, x_T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The ODE path of a model from x_T on the straight path: (states, times), fp32."""
-    states = []
-    opts = dict(x_T=x_T, batch_size=len(x_T), numerics=Numerics("fp32"), callback=lambda i, x: states.append(x.clone()))
+    record, trajectory = record_trajectory(1)                                  # every state of the chain
+    sample(model, schedule, len(x_T), "euler" if kind == "flow" else "ddim", STRAIGHT_STEPS, x_T=x_T,
+           batch_size=len(x_T), numerics=Numerics("fp32"), callback=record)
+    states = [x for _, x in trajectory]
     if kind == "flow":
-        sample(model, schedule, len(x_T), "euler", STRAIGHT_STEPS, **opts)
         return torch.stack(states), torch.linspace(1, 0, STRAIGHT_STEPS + 1)
-    sample(model, schedule, len(x_T), "ddim", STRAIGHT_STEPS, **opts)          # x_T at t = T - 1, then 100 steps
+    # DDIM: x_T at t = T - 1, then 100 steps
     ts = ddim_timesteps(schedule.T, STRAIGHT_STEPS).tolist()[::-1]
     ab = schedule.alpha_bars.tolist()
     moved = [from_diffusion(x, ab[t]) for x, t in zip(states[:-1], ts)] + [(states[-1], 0.0)]
