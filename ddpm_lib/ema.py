@@ -3,7 +3,7 @@
 DDPM samples with an EMA of the training weights (Ho et al. 2020, appendix B: decay 0.9999);
 :func:`ddpm_lib.training.train` updates it after every step with :func:`ema_update` at the
 decay :func:`ema_decay_at` gives. Averaged weights need their own BatchNorm statistics
-(:func:`recalibrate_batchnorm`, "precise BN"), which chapter 10 shows.
+(:func:`recalibrate_batchnorm`, "precise BN"), which chapter 11 shows.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ or trained on continuous time (flow matching, :mod:`ddpm_lib.flow`, feeds t in [
 t (T - 1)).
 
 * :class:`SimpleUNet` -- the design of the small CPU MNIST DDPM this book grew from
-  (chapter 10 calls it "the origin"), kept as an exhibit: the
+  (chapter 11 calls it "the origin"), kept as an exhibit: the
   sinusoidal time embedding is added *once*, to the first feature map, with no
   MLP; BatchNorm; no attention.
 * :class:`UNet` -- the standard DDPM design: sinusoidal embedding followed by an

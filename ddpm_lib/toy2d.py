@@ -32,7 +32,7 @@ from .losses import make_loss
 from .models import PREDICTIONS, sinusoidal_embedding
 from .optim import train_step
 
-#: four points in the plane and their probabilities, as chapter 3 checks the score on (there with zero spread)
+#: four points in the plane and their probabilities, as chapter 4 checks the score on (there with zero spread)
 FOUR_POINTS = ((-0.6, -0.5), (0.7, -0.4), (0.0, 0.75), (0.55, 0.45))
 FOUR_WEIGHTS = (0.4, 0.3, 0.2, 0.1)
 

@@ -35,7 +35,7 @@ them instead of retraining). ``--paired`` then writes, for every variant with ke
 ``paired:VARIANT``: ``ddpm_lib.metrics.compare_paired`` of the baseline against the variant, the
 training seeds that both have as groups (variant seed s against baseline seed s, sampled from the
 same x_T), the sampling seeds' images of one group pooled. Its verdict reads the bootstrap interval
-of FD_variant / FD_baseline; chapter 7 measures how often that rule errs.
+of FD_variant / FD_baseline; chapter 8 measures how often that rule errs.
 """
 
 from __future__ import annotations

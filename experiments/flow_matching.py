@@ -10,7 +10,7 @@ Both checkpoints have the same network and were trained for the same 10,646 step
 * `flow:SOLVER:K`: the flow model with Euler or Heun at K network calls (K in CALLS), scored with the
   book's metric (`ddpm_lib.metrics.evaluate_samples`: FD and its floor, KID, precision and recall);
 * `ddpm:SAMPLER:K`: the DDPM checkpoint with DPM-Solver++(2M) and the EDM sampler, its best at 20 calls in
-  chapter 8, at the same budgets (at one call DPM-Solver++ is one DDIM step, and the EDM sampler one Euler
+  chapter 9, at the same budgets (at one call DPM-Solver++ is one DDIM step, and the EDM sampler one Euler
   step to sigma = 0, which returns its prediction of x_0);
 * `paired:A:vs:B`: the paired bootstrap interval of FD_B / FD_A (`ddpm_lib.metrics.compare_paired`) for
   the comparisons in PAIRED, from the same x_T; `ddpm:1000` is the committed 1000-step Algorithm 2 sample

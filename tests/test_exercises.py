@@ -1,6 +1,9 @@
 """The exercise checker (ddpm_lib.exercises): a stub falls back to the solution, a learner's version is tested,
 and a wrong answer fails loudly, whether it is the learner's or (a bug in the book) the solution's."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from ddpm_lib.exercises import YourTurn, check, your_turn
@@ -32,3 +35,21 @@ def test_the_learners_version_is_the_one_tested():
         check(lambda x: 3 * x, solution, _doubles)
     with pytest.raises(AssertionError, match="expected 6, got 4"):       # a wrong solution is not hidden either
         check(stub, lambda x: x + 1, _doubles)
+
+
+CHAPTERS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.md"))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_chapter_has_a_derivation_and_an_implementation_to_write(path):
+    """Each chapter's exercises ask the learner to derive a result (an exercise followed by a folded worked
+    solution) and to write code (a stub that calls your_turn, its folded solution, and a check() that runs the
+    learner's version against a test, falling back to the solution so that the book still executes)."""
+    text = path.read_text()
+    exercises = text[text.index("\n## Exercises\n"):]
+    assert re.search(r":::\{admonition\} Exercise \d+\.\d+\n", exercises), "no exercise"
+    assert re.search(r":::\{admonition\} Solution\n:class: dropdown\n", exercises), "no worked derivation"
+    stub = re.search(r"```\{code-cell\} ipython3\ndef (my_\w+)\(.*?\n    your_turn\(", exercises, re.S)
+    assert stub, "no stub for the learner to write (def my_...: your_turn(...))"
+    assert re.search(rf"^check\({stub.group(1)}, solution=\w+, test=\w+\)$", exercises, re.M), (
+        f"{stub.group(1)} is never checked: call check({stub.group(1)}, solution=..., test=...)")

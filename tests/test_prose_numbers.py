@@ -1,4 +1,4 @@
-"""The numbers that the model card and the prose of chapters 5, 6, 7 and 12 quote from committed files.
+"""The numbers that the model card and the prose of chapters 6, 7, 8 and 13 quote from committed files.
 
 These tests check numbers, not sentences: rewording a sentence passes as long as its
 numbers stay, and a number that no longer matches its results file fails.
@@ -280,28 +280,28 @@ def test_model_card_quotes_the_training_run():
 # --------------------------------------------------------------------------- the evaluations
 
 def test_stored_evaluations_use_the_protocol_the_chapters_state():
-    """Chapters 5 and 7 state the protocol of the two stored evaluations: N samples from T-step Algorithm 2
+    """Chapters 6 and 8 state the protocol of the two stored evaluations: N samples from T-step Algorithm 2
     (sigma_t^2 = beta_t) with one seed, and show the first few of the stored samples."""
     pattern = re.compile(r"\$N = (\d+)\$ samples from (\d+)-step Algorithm 2 \(\$\\sigma_t\^2 = \\(\w+)_t\$, "
                          r"seed (\d+)\)")
-    stated = pattern.findall(prose("07_measuring_samples"))
-    assert stated, "chapter 7 no longer states the protocol as '$N = ...$ samples from ...-step Algorithm 2 (...)'"
+    stated = pattern.findall(prose("08_measuring_samples"))
+    assert stated, "chapter 8 no longer states the protocol as '$N = ...$ samples from ...-step Algorithm 2 (...)'"
     for stem in ("eval_ddpm_mnist", "eval_ddpm_mnist_10min"):
         r = report(stem)
         assert (r["n"], r["n_floor"], r["sampler"]) == (1000, 1000, "ddpm")
         assert set(stated) == {(str(r["n"]), str(r["steps"]), r["variance"], str(r["seed"]))}
-    shown = re.findall(r"first (\d+) of the (\d+)", prose("05_training"))
-    code = re.findall(r"stored\[:(\d+)\]", chapter("05_training"))
+    shown = re.findall(r"first (\d+) of the (\d+)", prose("06_training"))
+    code = re.findall(r"stored\[:(\d+)\]", chapter("06_training"))
     assert shown and code and set(shown) == {(code[0], str(report("eval_ddpm_mnist")["n"]))}
 
 
 def test_measuring_chapter_names_the_stored_seeds():
     singles = [report(f"eval_ddpm_mnist_seed{s}")["seed"] for s in (1, 2)]
     seeds = report("eval_ddpm_mnist_seeds")["seeds"]
-    text = prose("07_measuring_samples")
+    text = prose("08_measuring_samples")
     assert re.findall(r"sampling seeds (\d+) and (\d+)", text) == [tuple(map(str, singles))]
     assert f"with {NUMBER_WORDS[len(seeds)]} seeds" in text
-    commands = re.findall(r"--seeds ([\d ]+?) *\\?\n.*?--out checkpoints/(\S+)\.json", chapter("07_measuring_samples"))
+    commands = re.findall(r"--seeds ([\d ]+?) *\\?\n.*?--out checkpoints/(\S+)\.json", chapter("08_measuring_samples"))
     assert commands and all([int(s) for s in given.split()] == report(stem)["seeds"] for given, stem in commands)
 
 
@@ -432,9 +432,9 @@ def test_model_card_quotes_the_ddp_bench_file():
     q.check()
     card = model_card()
     assert f"python {bench['command']}" in card and bench["numerics"] in card
-    # chapter 12 states the conclusion, not the figures: about as fast either way
+    # chapter 13 states the conclusion, not the figures: about as fast either way
     assert 0.8 < two["images_per_s"] / one["images_per_s"] < 1.25
-    text = prose("12_scaling_out")
+    text = prose("13_scaling_out")
     assert "about as fast" in text
     assert re.findall(r"(\w+) single-threaded processes", text) == [NUMBER_WORDS[two["processes"]]]
     assert re.findall(r"one process with (\w+) threads", text) == [NUMBER_WORDS[one["threads_each"]]]
@@ -612,7 +612,7 @@ def test_model_card_quotes_the_likelihood_report():
 def test_training_chapter_quotes_the_shipped_ema_decay():
     from ddpm_lib.presets import PRESETS
 
-    decays = set(re.findall(r"\$\\kappa = ([\d.]+)\$", prose("05_training")))  # the EMA decay is kappa
+    decays = set(re.findall(r"\$\\kappa = ([\d.]+)\$", prose("06_training")))  # the EMA decay is kappa
     paper = "0.9999"  # Ho et al. 2020, appendix B
     assert f"{PRESETS['shipped'].train.ema_decay:g}" in decays and decays <= {paper, "0.999"}, decays
 
@@ -621,15 +621,15 @@ def test_sampling_chapter_quotes_the_cosine_clip():
     from ddpm_lib.schedule import cosine_betas
 
     clip = float(cosine_betas(1000).max())
-    assert re.findall(r"\$\\beta_t\$ to ([\d.]+)", prose("06_sampling")) == [f"{clip:.3f}"]
+    assert re.findall(r"\$\\beta_t\$ to ([\d.]+)", prose("07_sampling")) == [f"{clip:.3f}"]
 
 
 def test_sampling_chapter_names_the_proxy_the_model_card_used():
-    """Chapter 6 says the clipped cosine model was compared with the 100-step DDIM proxy (eta = 1)."""
+    """Chapter 7 says the clipped cosine model was compared with the 100-step DDIM proxy (eta = 1)."""
     card = model_card()
     commands = re.findall(r"--sampler ddim --steps (\d+) --eta (\d+)", card)
     said = re.findall(r"(\d+)-step DDIM[^.]*?eta = (\d+)", card)
-    chapter6 = re.findall(r"(\d+)-step DDIM[^.]*?\$\\eta = (\d+)\$", prose("06_sampling"))
+    chapter6 = re.findall(r"(\d+)-step DDIM[^.]*?\$\\eta = (\d+)\$", prose("07_sampling"))
     assert commands and said and chapter6
     assert set(commands) == set(said) == set(chapter6) == {commands[0]}
 

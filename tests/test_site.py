@@ -448,7 +448,7 @@ def test_the_model_cards_file_table_fits_a_phone(visit):
 @pytest.mark.parametrize("docname", CHAPTERS)
 def test_figures_are_not_shrunk_past_reading(visit, docname):
     """At 1280 px no chapter figure is drawn at less than 1 / 1.45 of its pixel width: a figure made wider than
-    the column (matplotlib at 100 dpi) shrinks its 10-point labels to 7 px and less (Fig. 9.4's legends were
+    the column (matplotlib at 100 dpi) shrinks its 10-point labels to 7 px and less (Fig. 10.4's legends were
     6 px). The players are left out: their frames fit the column by fit.css."""
     v = visit(docname)
     v.page.evaluate("document.querySelectorAll('article img').forEach(i => i.loading = 'eager')")

@@ -23,7 +23,7 @@ def _log_marginal(x, a, sigma):
 
 @pytest.mark.parametrize("alpha_bar", [0.999, 0.5, 0.01])
 def test_eps_star_is_minus_sigma_times_the_score(alpha_bar):
-    """Eq. (eq-vlb-score) of chapter 3: E[eps | x_t] = -sqrt(1 - alpha_bar) grad log q_t(x_t)."""
+    """Eq. (eq-score) of chapter 4: E[eps | x_t] = -sqrt(1 - alpha_bar) grad log q_t(x_t)."""
     x = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_(True)
     a, sigma = math.sqrt(alpha_bar), math.sqrt(1 - alpha_bar)
     (score,) = torch.autograd.grad(_log_marginal(x, a, sigma).sum(), x)

@@ -1,7 +1,7 @@
 """Measuring samples: how close generated digits are to real ones, and whether one generator beats another.
 
 Every measure works on the features of the book's MNIST classifier
-(:class:`ddpm_lib.classifier.MNISTClassifier`, the judge of chapter 7), never
+(:class:`ddpm_lib.classifier.MNISTClassifier`, the judge of chapter 8), never
 on Inception features, so **no number here is comparable to a published FID**;
 they are comparable with each other (same classifier, same reference set, same
 sample size).

@@ -9,7 +9,7 @@ alpha_bar_{-1} = 1), Song et al. 2021, Eq. 12:
 
 (sigma_t is the standard deviation of the step, ``sigma`` in the code.) ``eta = 0`` is
 deterministic (the probability-flow ODE, solved with one Euler step per interval in the
-variables x / sqrt(alpha_bar) and rho = sqrt(1/alpha_bar - 1), as in the book's chapter 8);
+variables x / sqrt(alpha_bar) and rho = sqrt(1/alpha_bar - 1), as in the book's chapter 9);
 ``eta = 1`` over all T steps is Algorithm 2 with sigma_t^2 = beta_tilde_t.
 
 With ``clip_x0``, x0_pred is clipped to [-1, 1] and eps is recomputed from the

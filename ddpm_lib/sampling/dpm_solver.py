@@ -2,7 +2,7 @@
 Probabilistic Models"): a second-order multistep solver of the probability-flow ODE in data
 prediction, and its SDE variant.
 
-The book's notation (chapter 8): sqrt(alpha_bar_t), the noise level of the marginal
+The book's notation (chapter 9): sqrt(alpha_bar_t), the noise level of the marginal
 sigma_bar_t = sqrt(1 - alpha_bar_t), and the half log-SNR lambda_t = log(sqrt(alpha_bar_t) / sigma_bar_t).
 The network's noise prediction gives a data prediction
 x0_theta(x_t, t) = (x_t - sigma_bar_t eps_theta) / sqrt(alpha_bar_t). A step goes from timestep t

@@ -3,7 +3,7 @@ Models"): Heun's method on the probability-flow ODE, at noise levels spaced by E
 stochastic churn (Algorithm 2), for the book's DDPM networks.
 
 Karras et al. write a VP model in the variables x_tilde = x / sqrt(alpha_bar) and
-sigma = sqrt((1 - alpha_bar) / alpha_bar) = 1 / sqrt(SNR) (chapter 8 writes them x_bar and rho_t; here
+sigma = sqrt((1 - alpha_bar) / alpha_bar) = 1 / sqrt(SNR) (chapter 9 writes them x_bar and rho_t; here
 they keep the paper's names, because rho below is Eq. 5's exponent). There x_tilde = x_0 + sigma eps,
 and the ODE (Eq. 1 with s(t) = 1, sigma(t) = t) is
 

@@ -31,7 +31,7 @@ FLOW_SOLVERS = ("euler", "midpoint", "heun")
 
 
 def flow_default_steps(T: int) -> int:
-    """Network calls unless told: 20 (the budget chapter 8 gives DPM-Solver++)."""
+    """Network calls unless told: 20 (the budget chapter 9 gives DPM-Solver++)."""
     return 20
 
 
