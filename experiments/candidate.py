@@ -10,6 +10,10 @@ steps it reaches in the same 10 and 55 minutes), exported to `checkpoints/candid
 * `cosine_10min`, `cosine_55min`: the cosine schedule (`train --preset shipped --schedule cosine`,
   10,646 steps; EMA snapshot at 1,964), sampled with each data prediction clipped to [-1, 1], as
   the ablation sampled it (`cosine_clip`).
+* `lr_decay_55min`: twice the learning rate, 2e-3, falling linearly to 0 over the run
+  (`train --preset shipped --lr 2e-3 --cooldown-steps 10646`; the ablation's `lr_decay_2e-3`).
+  Only the 55-minute entry: the run's step-1,964 snapshot is not the ten-minute recipe (its rate
+  has not decayed yet), and the ablation's paired test already measured that one.
 
 Each entry samples the shipped network and the candidate of one training time from the same x_T
 (SDE-DPM-Solver++(2M), 50 network calls, the ablation's sampler; x_T seeds 0 and 1, batch 1000,
@@ -47,6 +51,7 @@ PAIRS = {
                      {"clip_x0": True}, "cosine_clip"),
     "cosine_55min": ("ddpm_mnist.safetensors", "candidates/ddpm_mnist_cosine.safetensors", {"clip_x0": True},
                      "cosine_clip"),
+    "lr_decay_55min": ("ddpm_mnist.safetensors", "candidates/ddpm_mnist_lr_decay.safetensors", {}, "lr_decay_2e-3"),
 }
 
 

@@ -98,7 +98,7 @@ def balanced_entry(args, classifier, w0_images) -> dict:
         # every weight against the unconditional checkpoint as drawn (the model card's FD goal)
         "vs_plain": {f"{w:g}": compare_paired(plain_feats, features(load_images(path), classifier),
                                              paired=False).as_dict()
-                     for w in WEIGHTS
+                     for w in args.weights
                      if (path := _path(f"{args.sampler}_{args.steps}_w{w:g}_seed{args.seed}",
                                        args.checkpoint)).exists()},
     }

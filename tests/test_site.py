@@ -407,7 +407,8 @@ def test_page_in_browser(visit, docname):
 
 def test_search_results_show_no_raw_tex(visit):
     """Search results (book/_static/search-maths.js): the text under each result reads its maths as plain text
-    ("ᾱ_t", not "\\(\\bar\\alpha_t\\)"), the titles are typeset by MathJax, and nothing shows a backslash."""
+    ("ᾱ_t", not "\\(\\bar\\alpha_t\\)"), and so do the result titles (typesetting them raced with MathJax's
+    own pass); nothing shows a backslash."""
     import unicodedata
 
     v = visit("search")
