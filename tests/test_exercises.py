@@ -51,5 +51,5 @@ def test_every_chapter_has_a_derivation_and_an_implementation_to_write(path):
     assert re.search(r":::\{admonition\} Solution\n:class: dropdown\n", exercises), "no worked derivation"
     stub = re.search(r"```\{code-cell\} ipython3\ndef (my_\w+)\(.*?\n    your_turn\(", exercises, re.S)
     assert stub, "no stub for the learner to write (def my_...: your_turn(...))"
-    assert re.search(rf"^check\({stub.group(1)}, solution=\w+, test=\w+\)$", exercises, re.M), (
+    assert re.search(rf"^check\(\s*{stub.group(1)},\s*solution=\w+,\s*test=\w+,?\s*\)$", exercises, re.M), (
         f"{stub.group(1)} is never checked: call check({stub.group(1)}, solution=..., test=...)")
