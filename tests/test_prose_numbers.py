@@ -555,6 +555,13 @@ def test_model_card_quotes_the_candidate_pairs():
     c10, c55 = cand["cosine_10min"], cand["cosine_55min"]
     q.expect("cosine, 10 minutes", 2000, 50, 10, f2(c10["ratio"]), "95%", f2(c10["low"]), f2(c10["high"]))
     q.expect("cosine, 55 minutes", 55, f2(c55["ratio"]), f2(c55["low"]), f2(c55["high"]))
+    # the decaying lr 2e-3: "its FD is 1.00 times the shipped one's (95% interval 0.69 to 1.48): not resolved
+    # (FD 4.67 against 4.68, KID 2.24 against 2.29, x1e-3)"
+    ld = cand["lr_decay_55min"]
+    assert ld["verdict"] == "unresolved"
+    q.expect("lr 2e-3 decaying, 55 minutes", f2(ld["ratio"]), "95%", f2(ld["low"]), f2(ld["high"]),
+             f2(ld["lr_decay_2e-3"]["fd"]), f2(ld["book"]["fd"]), f2(ld["lr_decay_2e-3"]["kid"]),
+             f2(ld["book"]["kid"]))
     q.check()
 
 
