@@ -3,6 +3,7 @@
 #   make book    build the static site into book/_build/html (the main command)
 #   make test    build the site, then run every test (library, notebooks, browser)
 #   make check   the fast library tests only, no book build (under 2 minutes on 2 cores)
+#   make pdf     the whole book as one PDF (needs TeX Live, see the target)
 #   make clean   remove what the build made (not .venv; `make distclean` does)
 #
 # Everything runs with the project's virtual environment, .venv/.
@@ -56,12 +57,13 @@ TEST_ENV := ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2
 endif
 endif
 
-.PHONY: help venv data notebooks mathjax book test check clean distclean
+.PHONY: help venv data notebooks mathjax book pdf test check clean distclean
 
 help:
 	@echo "make book    build the site (book/_build/html)"
 	@echo "make test    build the site and run all tests"
 	@echo "make check   the fast library tests (no book build, no notebooks, browser, torchrun or slow tests)"
+	@echo "make pdf     the whole book as one PDF, book/_build/latex/ddpm-book.pdf (needs TeX Live)"
 	@echo "make venv | data | notebooks | mathjax | clean | distclean"
 	@echo "TORCH=cpu with any of them: PyTorch's CPU-only build (no CUDA libraries)"
 
@@ -121,6 +123,26 @@ book: venv data notebooks mathjax
 	@echo "The book is in $(BOOK_HTML)/index.html"
 	@echo "To read it:  $(PYTHON) -m http.server -d $(BOOK_HTML) 8000"
 	@echo "             then open http://127.0.0.1:8000/"
+
+## pdf: the whole book as one PDF, $(BOOK_PDF), typeset offline by LaTeX
+## (xelatex) from the chapters as the site runs them (the same execution cache).
+## TeX Live is not a Python package: on Debian or Ubuntu,
+##   sudo apt-get install --no-install-recommends $(PDF_DEBIAN_PACKAGES)
+## (texlive-fonts-extra alone, for the bbm fonts that sphinx-jupyterbook-latex
+## loads, is a 509 MB download, 1.4 GB installed). tests/test_pdf.py checks the PDF.
+PDF_DEBIAN_PACKAGES := texlive-xetex texlive-latex-extra texlive-fonts-recommended \
+  texlive-fonts-extra latexmk fonts-freefont-otf poppler-utils
+BOOK_PDF := book/_build/latex/ddpm-book.pdf
+pdf: venv data notebooks
+	@for tool in xelatex latexmk kpsewhich; do command -v $$tool >/dev/null || { \
+	  echo "make pdf needs TeX Live ($$tool is missing). On Debian or Ubuntu:" >&2; \
+	  echo "  sudo apt-get install --no-install-recommends $(PDF_DEBIAN_PACKAGES)" >&2; exit 1; }; done
+	@kpsewhich bbm.sty >/dev/null || { \
+	  echo "make pdf needs the bbm fonts of TeX Live: sudo apt-get install texlive-fonts-extra" >&2; exit 1; }
+	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml \
+	  --path-output book --builder pdflatex
+	@test -f $(BOOK_PDF) || { echo "LaTeX ran but wrote no $(BOOK_PDF)" >&2; exit 1; }
+	@echo "The book as one PDF: $(BOOK_PDF)"
 
 ## test: everything, in one pytest run: library tests, the site in a real
 ## browser (tests/), and every notebook with nbval.

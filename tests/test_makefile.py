@@ -52,3 +52,13 @@ def test_an_unknown_torch_choice_is_refused_with_the_choices():
     out = dry_run("venv", "TORCH=gpu")
     assert out.returncode != 0
     assert "TORCH=gpu is not a choice" in out.stderr and "TORCH=cpu" in out.stderr
+
+
+def test_pdf_builds_with_latex_and_says_which_debian_packages_it_needs():
+    out = dry_run("pdf")
+    assert out.returncode == 0, out.stderr
+    assert "--builder pdflatex" in out.stdout and "book/_build/latex/ddpm-book.pdf" in out.stdout
+    # without TeX Live, the message names every package to install (texlive-fonts-extra: the bbm fonts)
+    install = re.search(r"apt-get install --no-install-recommends ([a-z0-9 -]+)", out.stdout)
+    assert install, "the recipe no longer says how to install TeX Live"
+    assert {"texlive-xetex", "texlive-fonts-extra", "latexmk", "poppler-utils"} <= set(install[1].split())
