@@ -142,7 +142,8 @@ pdf: venv data notebooks
 	$(BIN)/jupyter-book build . --config book/_config.yml --toc book/_toc.yml \
 	  --path-output book --builder pdflatex
 	@test -f $(BOOK_PDF) || { echo "LaTeX ran but wrote no $(BOOK_PDF)" >&2; exit 1; }
-	@echo "The book as one PDF: $(BOOK_PDF)"
+	@echo "The book as one PDF: $(BOOK_PDF); building the site again so that it links the PDF"
+	$(MAKE) --no-print-directory book
 
 ## test: everything, in one pytest run: library tests, the site in a real
 ## browser (tests/), and every notebook with nbval.

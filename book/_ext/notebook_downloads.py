@@ -9,12 +9,16 @@ notebook where jupytext is installed. This extension writes, when the HTML build
   (inside a clone of the repository: they import ``ddpm_lib`` and read ``checkpoints/``);
 
 and adds both to the download menu of every chapter page (sphinx-book-theme's "download
-this page" group), before the ``.md`` source and the print button.
+this page" group), before the ``.md`` source and the print button. Where ``make pdf`` has
+built the whole book as one PDF (``book/_build/latex/ddpm-book.pdf``), the menu offers it too,
+as ``_notebooks/ddpm-book.pdf``; where it has not, nothing links to it.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -23,6 +27,8 @@ from sphinx.application import Sphinx
 FOLDER = "_notebooks"
 ZIP_NAME = "ddpm-book-notebooks.zip"
 CHAPTERS = "notebooks/"           # the docnames of the chapters: notebooks/NN_name
+PDF_NAME = "ddpm-book.pdf"
+BUILT_PDF = Path("book") / "_build" / "latex" / PDF_NAME   # what `make pdf` writes, under the source root
 ZIP_README = """\
 The chapters of "Denoising diffusion, by hand" as Jupyter notebooks, without outputs.
 
@@ -36,6 +42,12 @@ The chapter "Run it yourself" on the site has the details.
 def chapter_docnames(app: Sphinx) -> list[str]:
     """The chapters the build read, in order of their file names."""
     return sorted(d for d in app.env.found_docs if d.startswith(CHAPTERS))
+
+
+def built_pdf(app: Sphinx) -> Path | None:
+    """The whole book as one PDF, if ``make pdf`` has built it."""
+    path = Path(app.srcdir) / BUILT_PDF
+    return path if path.is_file() else None
 
 
 def as_notebook(source: Path) -> str:
@@ -59,6 +71,10 @@ def _add_menu_items(app: Sphinx, pagename: str, templatename, context, doctree) 
         {"type": "link", "url": pathto(f"{FOLDER}/{ZIP_NAME}", 1), "text": "all (.zip)", "icon": "fas fa-file-zipper",
          "tooltip": "Download every chapter as a notebook, in one zip", "label": "download-all-notebooks-button"},
     ]
+    if built_pdf(app) is not None:
+        group["buttons"].insert(2, {
+            "type": "link", "url": pathto(f"{FOLDER}/{PDF_NAME}", 1), "text": "book (.pdf)", "icon": "fas fa-file-pdf",
+            "tooltip": "Download the whole book as one PDF", "label": "download-book-pdf-button"})
 
 
 def _write_notebooks(app: Sphinx, exception) -> None:
@@ -75,6 +91,13 @@ def _write_notebooks(app: Sphinx, exception) -> None:
             (folder / f"{name}.ipynb").write_text(text, encoding="utf8")
             archive.writestr(f"ddpm-book-notebooks/{name}.ipynb", text)
     (folder / ZIP_NAME).write_bytes(buffer.getvalue())
+    pdf, copy = built_pdf(app), folder / PDF_NAME
+    if pdf is None:
+        copy.unlink(missing_ok=True)              # an earlier build's copy: nothing links to it now
+    else:
+        partial = copy.with_suffix(".pdf.partial")
+        shutil.copyfile(pdf, partial)
+        os.replace(partial, copy)                 # readers never see half a file
 
 
 def setup(app: Sphinx) -> dict:
