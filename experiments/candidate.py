@@ -13,7 +13,7 @@ steps it reaches in the same 10 and 55 minutes), exported to `checkpoints/candid
 * `lr_decay_55min`: twice the learning rate, 2e-3, falling linearly to 0 over the run
   (`train --preset shipped --lr 2e-3 --cooldown-steps 10646`; the ablation's `lr_decay_2e-3`).
   Only the 55-minute entry: the run's step-1,964 snapshot is not the ten-minute recipe (its rate
-  has not decayed yet), and the ablation's paired test already measured that one.
+  there is still 82% of the peak), and the ablation's paired test already measured that one.
 
 Each entry samples the shipped network and the candidate of one training time from the same x_T
 (SDE-DPM-Solver++(2M), 50 network calls, the ablation's sampler; x_T seeds 0 and 1, batch 1000,
