@@ -8,7 +8,7 @@ Jupyter kernel to *view* the result:
 * :func:`save_png`        -- write a grid to a PNG file, atomically
 * :func:`plot_schedule`   -- beta_t, alpha_bar_t and log SNR(t) of several schedules
 * :func:`noise_histogram` -- pixel histogram with the N(0, 1) density for reference
-* :func:`frames_player`   -- a kernel-free slider/player over precomputed frames
+* :func:`frames_player`   -- a kernel-free slider/player over batches of images
 
 Images may be given as float tensors/arrays in the model range [-1, 1] (what
 the networks see, see :func:`ddpm_lib.data.to_model_range`) or as uint8 in
@@ -19,23 +19,22 @@ display only.
 :func:`frames_player` is the static-site counterpart of an ``ipywidgets``
 slider: the frames are rendered once, embedded as PNGs in an HTML/JavaScript
 player (matplotlib's ``to_jshtml``), and the page needs no kernel to scrub
-through them.
+through them; in print, a sheet of some of its frames stands in
+(:mod:`ddpm_lib.player`).
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import math
-from html import escape
 import os
-import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from ._io import atomic_write_bytes
+from .player import EMBED_LIMIT_MB, animation_player, check_frames
 
 __all__ = [
     "image_grid",
@@ -46,8 +45,6 @@ __all__ = [
     "frames_player",
 ]
 
-#: Default ``animation.embed_limit`` (MB) used by :func:`frames_player`.
-EMBED_LIMIT_MB = 50.0
 
 
 # ---------------------------------------------------------------------------
@@ -239,9 +236,6 @@ def noise_histogram(ax, x, bins: int = 60, value_range: tuple[float, float] = (-
 # ---------------------------------------------------------------------------
 # Kernel-free player
 # ---------------------------------------------------------------------------
-FONT_AWESOME_CDN = re.compile(r"<link\b[^>]*href=[\"']?(?:https?:)?//[^\"'>\s]*font-awesome[^>]*>\s*", re.IGNORECASE)
-
-
 def frames_player(
     frames: Sequence,
     labels: Sequence[str] | None = None,
@@ -259,9 +253,9 @@ def frames_player(
     max_frames: int = 60,
     embed_limit_mb: float = EMBED_LIMIT_MB,
     colors: int | None = 64,
-    caption: str | None = None,
+    sheet_frames: int = 8,
 ):
-    """A slider/player over precomputed frames that works without a kernel.
+    """A slider/player over batches of images that works without a kernel (:mod:`ddpm_lib.player`).
 
     ``frames``: a sequence of image batches (anything :func:`image_grid`
     takes), one per frame; ``labels``: one caption per frame (e.g. ``"t = 250"``).
@@ -269,25 +263,24 @@ def frames_player(
     that frame's raw values (so pass model-range images), ``hist_bins`` bins
     over ``hist_range``, y axis fixed to ``hist_ylim`` so frames compare.
 
-    The frames are drawn with matplotlib's ``FuncAnimation`` and embedded as
-    PNGs by ``to_jshtml``, so the page (a static Jupyter Book site included)
-    can scrub through them with plain JavaScript. Keep it light: a few dozen
-    frames of a small figure at ``dpi=72`` is a few hundred kB. ``colors`` (default 64) stores each frame
-    as a palette PNG of at most that many colours, about 2.5 times smaller and alike to the eye (``None``:
-    matplotlib's full-colour frames). ``caption``: a sentence under the player, as a figure has (an HTML
-    ``<figure>`` with a ``<figcaption>``). Raises if more than ``max_frames`` frames are given, or if
-    matplotlib would drop frames because the HTML grows past ``embed_limit_mb``.
+    Keep it light: a few dozen frames of a small figure at ``dpi=72`` is a few
+    hundred kB. ``colors``, ``max_frames``, ``embed_limit_mb`` and
+    ``sheet_frames`` (the frames printed side by side in the PDF) are
+    :func:`ddpm_lib.player.animation_player`'s. Give the cell a figure caption
+    (``mystnb: figure: caption``): the site shows it under the player, the PDF
+    under the sheet.
 
-    Returns an ``IPython.display.HTML``; make it the last expression of a cell
-    so that it is the cell's output.
+    Returns a :class:`ddpm_lib.player.Player`; make it the last expression of a
+    cell so that it is the cell's output.
     """
-    from IPython.display import HTML
-    from matplotlib.animation import FuncAnimation
     from matplotlib.figure import Figure
 
     frames = list(frames)
     n = len(frames)
-    labels = _player_labels(n, labels, max_frames, embed_limit_mb, colors)
+    check_frames(n, max_frames, embed_limit_mb, colors, sheet_frames)
+    labels = [f"frame {i}" for i in range(n)] if labels is None else [str(s) for s in labels]
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} frames; pass one per frame")
     grids = [image_grid(f, nrow=nrow) for f in frames]
     hists = [_density(f, hist_bins, hist_range)[0] for f in frames] if histogram else None
 
@@ -320,67 +313,5 @@ def frames_player(
         noise_histogram(ax_hist, frames[0], bins=hist_bins, value_range=hist_range, ylim=hist_ylim)
         bars = ax_hist.patches[0]  # the StepPatch drawn by ax.stairs
 
-    anim = FuncAnimation(fig, draw, frames=n, interval=interval, blit=False, repeat=False)
-    return HTML(_finished(_embedded_html(anim, n, default_mode, embed_limit_mb), colors, caption))
-
-
-def _finished(html: str, colors: int | None, caption: str | None) -> str:
-    """The player's HTML with palette frames (``colors``) and inside a captioned figure (``caption``)."""
-    if colors is not None:
-        html = _EMBEDDED_PNG.sub(lambda m: _palette_png(m, colors), html)
-    if caption:
-        html = (f'<figure class="frames-player">{html}<figcaption><p>{escape(caption)}</p></figcaption>'
-                "</figure>")
-    return html
-
-
-_EMBEDDED_PNG = re.compile(r'"data:image/png;base64,([^"]+)"')
-
-
-def _palette_png(match: re.Match, colors: int) -> str:
-    """One embedded frame again, as a palette PNG of at most ``colors`` colours."""
-    from PIL import Image
-
-    raw = base64.b64decode(match.group(1).replace("\\\n", ""))       # to_jshtml breaks lines with "\\\n"
-    with Image.open(io.BytesIO(raw)) as im:
-        palette = im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
-    buf = io.BytesIO()
-    palette.save(buf, format="PNG", optimize=True)
-    return '"data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode("ascii") + '"'
-
-
-def _player_labels(n: int, labels, max_frames: int, embed_limit_mb: float, colors: int | None) -> list[str]:
-    """One caption per frame (``frame i`` by default), after checking what :func:`frames_player` was given."""
-    if colors is not None and not 2 <= colors <= 256:
-        raise ValueError(f"colors must be between 2 and 256 (or None: full colour), got {colors}")
-    if not embed_limit_mb > 0:
-        raise ValueError(f"embed_limit_mb must be positive, got {embed_limit_mb}")
-    if n == 0:
-        raise ValueError("frames is empty")
-    if n > max_frames:
-        raise ValueError(
-            f"{n} frames is more than max_frames={max_frames}; every frame is embedded as a PNG, "
-            "so pick fewer timesteps (20-40 is plenty) or raise max_frames on purpose"
-        )
-    labels = [f"frame {i}" for i in range(n)] if labels is None else [str(s) for s in labels]
-    if len(labels) != n:
-        raise ValueError(f"got {len(labels)} labels for {n} frames; pass one per frame")
-    return labels
-
-
-def _embedded_html(anim, n: int, default_mode: str, embed_limit_mb: float) -> str:
-    """The player's HTML with every frame embedded as a PNG and no request to the web."""
-    import matplotlib as mpl
-
-    with mpl.rc_context({"animation.embed_limit": float(embed_limit_mb)}):
-        html = anim.to_jshtml(default_mode=default_mode)
-    # matplotlib links Font Awesome 4 from a CDN for the buttons' icons: drop the link, so the player makes no
-    # request to the web (JupyterLab and the book's theme ship Font Awesome themselves)
-    html = FONT_AWESOME_CDN.sub("", html)
-    embedded = html.count('"data:image/png;base64,')
-    if embedded != n:
-        raise RuntimeError(
-            f"only {embedded} of {n} frames were embedded (animation.embed_limit={embed_limit_mb} MB); "
-            "use fewer or smaller frames, or raise embed_limit_mb"
-        )
-    return html
+    return animation_player(fig, draw, n, interval=interval, default_mode=default_mode, max_frames=max_frames,
+                            embed_limit_mb=embed_limit_mb, colors=colors, sheet_frames=sheet_frames)

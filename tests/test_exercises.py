@@ -2,10 +2,10 @@
 and a wrong answer fails loudly, whether it is the learner's or (a bug in the book) the solution's."""
 
 import re
-from pathlib import Path
 
 import pytest
 
+from _chapters import CHAPTERS
 from ddpm_lib.exercises import YourTurn, check, your_turn
 
 
@@ -37,7 +37,6 @@ def test_the_learners_version_is_the_one_tested():
         check(stub, lambda x: x + 1, _doubles)
 
 
-CHAPTERS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.md"))
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)

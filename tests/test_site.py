@@ -398,6 +398,10 @@ def test_page_in_browser(visit, docname):
     problems += v.failed
     problems += [f"image did not load: {src[:120]}" for src in broken]
     problems += [f"image without alt text or caption: {src}" for src in no_alt]
+    uncaptioned = page.evaluate(
+        "() => [...document.querySelectorAll('.animation')]"
+        "        .filter(a => !a.closest('figure')?.querySelector('figcaption')).length")
+    problems += [f"{uncaptioned} player(s) without a figure caption"] if uncaptioned else []
     problems += [f"equation not typeset: {t!r}" for t in math["untypeset"]]
     problems += [f"MathJax error: {t!r}" for t in math["errors"]]
     for raw in ("$$", "\\begin{", "\\(", "\\["):

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ddpm_lib import viz  # noqa: E402
+from ddpm_lib.player import Player, animation_player, sheet_columns  # noqa: E402
 from ddpm_lib.data import from_model_range  # noqa: E402
 from ddpm_lib.schedule import make_schedule  # noqa: E402
 
@@ -213,8 +214,8 @@ def test_frames_player_embeds_one_png_per_frame(histogram):
     n = 7
     figs_before = plt.get_fignums()
     html = viz.frames_player(_frames(n), [f"t = {k}" for k in range(n)], nrow=4, histogram=histogram)
-    assert type(html).__name__ == "HTML"
-    text = html.data
+    assert isinstance(html, Player)
+    text = html.html
     pngs = _embedded_pngs(text)
     assert len(pngs) == n
     assert f"new Array({n})" in text
@@ -233,15 +234,15 @@ def test_frames_player_embeds_one_png_per_frame(histogram):
 
 def test_frames_player_stays_small():
     html = viz.frames_player(_frames(25), [str(k) for k in range(25)], nrow=4, histogram=True)
-    assert len(html.data) < 2_000_000
+    assert len(html.html) < 2_000_000
 
 
 def test_frames_player_stores_palette_frames_smaller_and_alike():
     """colors=64: every frame a palette PNG of at most 64 colours, the player smaller than with full-colour frames,
     and each frame close to its full-colour version (mean absolute difference under 2 of 255 grey levels)."""
     n, labels = 6, [f"t = {k}" for k in range(6)]
-    full = viz.frames_player(_frames(n), labels, nrow=4, histogram=True, colors=None).data
-    small = viz.frames_player(_frames(n), labels, nrow=4, histogram=True, colors=64).data
+    full = viz.frames_player(_frames(n), labels, nrow=4, histogram=True, colors=None).html
+    small = viz.frames_player(_frames(n), labels, nrow=4, histogram=True, colors=64).html
     assert len(small) < 0.7 * len(full)
     for a, b in zip(_embedded_pngs(full), _embedded_pngs(small)):
         with Image.open(io.BytesIO(base64.b64decode(a.replace("\\\n", "")))) as im_a, \
@@ -253,11 +254,59 @@ def test_frames_player_stores_palette_frames_smaller_and_alike():
         viz.frames_player(_frames(2), colors=1)
 
 
-def test_frames_player_caption_is_a_figure_caption():
-    html = viz.frames_player(_frames(2), caption="Two frames: x < y & z").data
-    assert html.startswith('<figure class="frames-player">') and html.endswith("</figcaption></figure>")
-    assert "<figcaption><p>Two frames: x &lt; y &amp; z</p></figcaption>" in html
-    assert "<figure" not in viz.frames_player(_frames(2)).data
+def test_frames_player_gives_the_html_and_a_printed_sheet_of_its_frames():
+    """A cell's output gets both: text/html (the site, JupyterLab) and image/png (the PDF); the sheet is the
+    frames evenly spread from first to last, each as the player draws it, tiled with white gaps."""
+    from IPython.core.formatters import DisplayFormatter
+
+    n, labels = 11, [f"t = {k}" for k in range(11)]
+    player = viz.frames_player(_frames(n), labels, nrow=4, colors=None, sheet_frames=4)
+    bundle, _ = DisplayFormatter().format(player)
+    assert bundle["text/html"] == player.html and bundle["image/png"] == player.sheet
+    assert player.shown == [0, 3, 7, 10] and "11 frames" in bundle["text/plain"]
+    with Image.open(io.BytesIO(player.sheet)) as im:
+        sheet = np.asarray(im.convert("RGB"))
+    one = viz.frames_player(_frames(n)[:1], labels[:1], nrow=4, colors=None, sheet_frames=1)
+    with Image.open(io.BytesIO(one.sheet)) as im:
+        first = np.asarray(im.convert("RGB"))          # frame 0 alone, drawn the same way
+    h, w = first.shape[:2]
+    cols = sheet_columns(4, w, h)
+    gap = (sheet.shape[1] - cols * w) // max(cols - 1, 1)
+    assert sheet.shape == ((4 // cols) * h + (4 // cols - 1) * gap, cols * w + (cols - 1) * gap, 3)
+    np.testing.assert_array_equal(sheet[:h, :w], first)     # the first tile is frame 0
+    assert (sheet[:, w:w + gap] == 255).all()                  # white between the tiles
+    # every frame when there are fewer than sheet_frames; a palette sheet by default
+    small = viz.frames_player(_frames(3), sheet_frames=8)
+    assert small.shown == [0, 1, 2]
+    with Image.open(io.BytesIO(small.sheet)) as im:
+        assert im.mode == "P" and len(im.getcolors(256)) <= 64
+
+
+def test_sheet_columns_aim_at_a_page_shaped_sheet():
+    assert sheet_columns(8, 300, 100) == 2      # wide frames: two columns of four, 600 x 400
+    assert sheet_columns(8, 100, 100) == 4      # squares: 4 x 2 (2.0) is nearer 1.5 than 3 x 3 (1.0) on a log scale
+    assert sheet_columns(6, 100, 300) == 6      # tall frames: one row, 600 x 300
+    assert sheet_columns(1, 100, 100) == 1
+
+
+def test_animation_player_plays_any_figure_and_leaves_it_at_frame_0():
+    """The generic player (chapter 4's Langevin particles): a scatter whose points move."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2), dpi=50)
+    ax = fig.subplots()
+    points = [np.full((5, 2), k, dtype=float) for k in range(4)]
+    dots = ax.scatter(*points[0].T)
+    ax.set(xlim=(-1, 4), ylim=(-1, 4))
+
+    def draw(i):
+        dots.set_offsets(points[i])
+
+    player = animation_player(fig, draw, 4, sheet_frames=2)
+    assert len(_embedded_pngs(player.html)) == 4 and player.shown == [0, 3]
+    np.testing.assert_array_equal(dots.get_offsets(), points[0])
+    with pytest.raises(ValueError, match="sheet_frames"):
+        animation_player(fig, draw, 4, sheet_frames=0)
 
 
 def test_frames_player_checks_its_arguments():
