@@ -203,8 +203,8 @@ def test_every_chapter_downloads_as_a_notebook_and_all_as_a_zip(site):
 
 def test_the_whole_book_pdf_is_linked_where_it_was_built(site):
     """`make pdf` builds the book as one PDF and then the site again: every chapter's download menu links a copy
-    of it (book/_ext/notebook_downloads.py). Where no PDF was built (CI: TeX Live is not installed), no page links
-    one and the site holds none."""
+    of it (book/_ext/notebook_downloads.py). Where no PDF was built (CI: a fresh clone runs `make test`, not
+    `make pdf`), no page links one and the site holds none."""
     built, copy = ROOT / "book" / "_build" / "latex" / "ddpm-book.pdf", site / "_notebooks" / "ddpm-book.pdf"
     linked = {d: 'href="../_notebooks/ddpm-book.pdf"' in _html_path(d).read_text(encoding="utf8") for d in CHAPTERS}
     assert set(linked.values()) == {copy.is_file()}, f"the PDF's link and file disagree: {linked}, {copy.is_file()}"
