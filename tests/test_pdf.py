@@ -58,7 +58,7 @@ def test_every_page_renders(tmp_path):
 
 def test_the_solutions_that_the_site_folds_are_printed():
     """Each solution's code cell (folded behind "Show solution" on the site) is printed under a "Solution (code)"
-    heading (book/_ext/print_solutions.py); the folded checks are not."""
+    heading (book/_ext/print_book.py); the folded checks are not."""
     text = pdf_text()
     solutions = [cell for path in CHAPTERS for cell in code_cells(path) if is_solution(cell)]
     assert len(solutions) >= len(CHAPTERS)
@@ -83,3 +83,12 @@ def test_every_player_is_printed_as_a_captioned_sheet_of_frames():
                                  capture_output=True, text=True, check=True).stdout.splitlines()[2:]
         widths = [int(row.split()[3]) for row in listing]
         assert any(w >= 400 for w in widths), f"page {found[0]} has the caption {words!r} but no sheet: {widths}"
+
+
+def test_no_table_runs_off_the_page():
+    """LaTeX's log names every line set wider than the page; a table's ("in alignment") was chapter 11's results
+    table losing two columns before book/_ext/print_book.py gave long tables wrapping columns. A few points over
+    are invisible; a column off the page is tens of points."""
+    log = PDF.with_suffix(".log").read_text(errors="replace")
+    wide = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide\) in alignment", log)]
+    assert not [w for w in wide if w > 10], f"tables wider than the page by {sorted(wide)[-3:]} pt"
