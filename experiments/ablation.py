@@ -35,7 +35,9 @@ them instead of retraining). ``--paired`` then writes, for every variant with ke
 ``paired:VARIANT``: ``ddpm_lib.metrics.compare_paired`` of the baseline against the variant, the
 training seeds that both have as groups (variant seed s against baseline seed s, sampled from the
 same x_T), the sampling seeds' images of one group pooled. Its verdict reads the bootstrap interval
-of FD_variant / FD_baseline; chapter 8 measures how often that rule errs.
+of FD_variant / FD_baseline; chapter 8 measures how often that rule errs. A variant whose question is
+about another variant (recalibrated BatchNorm statistics against raw weights, a noisy cold start against
+the plain one) is also compared with that one, in ``paired:VARIANT:vs:OTHER`` (``Variant.paired_with``).
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class Variant:
     train: dict = field(default_factory=dict)      # TrainConfig overrides that leave the cost of a step unchanged
     lr_decay: float = 0.0                          # the LR falls linearly to 0 over this fraction of the budget
     cost_of: str | None = None                     # a step costs what one of this variant costs: its budget
+    paired_with: tuple = ()                        # besides the baseline, --paired compares it with these
 
     def train_config(self, steps: int, seed: int):
         """The baseline's recipe for ``steps`` optimizer steps, with this variant's changes."""
@@ -122,14 +125,16 @@ VARIANTS: dict[str, Variant] = {
                       "no attention, T=300", model={"arch": "simple"}, T=300),
     "origin_raw": Variant("the origin's run, sampled with its raw weights (the origin kept no EMA; with BatchNorm, "
                           "the EMA weights meet running statistics gathered by the raw ones)", from_run="origin",
-                          ema=False),
+                          ema=False, paired_with=("origin",)),
     "origin_recalibrated": Variant("the origin's run, EMA weights with BatchNorm statistics recomputed for them "
-                                   "(ema.recalibrate_batchnorm)", from_run="origin", recalibrate_bn=True),
+                                   "(ema.recalibrate_batchnorm)", from_run="origin", recalibrate_bn=True,
+                                   paired_with=("origin_raw",)),
     "time_at_input": Variant("the baseline with the time embedding added once, at the input", {"time_embedding": "input"}),
     "batchnorm": Variant("the baseline with BatchNorm instead of GroupNorm", {"norm": "batch"}),
-    "batchnorm_raw": Variant("the BatchNorm run, sampled with its raw weights", from_run="batchnorm", ema=False),
+    "batchnorm_raw": Variant("the BatchNorm run, sampled with its raw weights", from_run="batchnorm", ema=False,
+                             paired_with=("batchnorm",)),
     "batchnorm_recalibrated": Variant("the BatchNorm run, EMA weights with BatchNorm statistics recomputed for them",
-                                      from_run="batchnorm", recalibrate_bn=True),
+                                      from_run="batchnorm", recalibrate_bn=True, paired_with=("batchnorm_raw",)),
     "raw_weights": Variant("the baseline's run, sampled with the raw weights instead of the EMA", from_run="baseline",
                            ema=False),
     "alg2_noise": Variant("the baseline sampled with Algorithm 2 (100 respaced steps), sigma_t z included",
@@ -143,16 +148,19 @@ VARIANTS: dict[str, Variant] = {
                          sampler=("cold", 50, {"noise_std": 0.0})),
     "cold_blur_noisy_start": Variant("the cold run, each constant start given a little Gaussian noise (std 0.002 per "
                                      "pixel; Bansal et al.'s remedy for a deterministic sampler's lack of diversity)",
-                                     from_run="cold_blur", sampler=("cold", 50, {"noise_std": 0.002})),
+                                     from_run="cold_blur", sampler=("cold", 50, {"noise_std": 0.002}),
+                                     paired_with=("cold_blur",)),
     "cold_blur_noisier_start": Variant("the cold run, each constant start given ten times that noise (std 0.02 per "
-                                       "pixel)", from_run="cold_blur", sampler=("cold", 50, {"noise_std": 0.02})),
+                                       "pixel)", from_run="cold_blur", sampler=("cold", 50, {"noise_std": 0.02}),
+                                       paired_with=("cold_blur_noisy_start",)),
     "no_attention": Variant("the baseline without self-attention", {"attention": False}),
     "half_width": Variant("half the width: 16 base channels", {"base_channels": 16}),
     "double_width": Variant("double the width: 64 base channels", {"base_channels": 64}),
     "cosine": Variant("the cosine schedule instead of the linear one", schedule="cosine"),
     "cosine_clip": Variant("the cosine run, sampled with each data prediction clipped to [-1, 1] (its beta_T = 0.999 "
                            "leaves alpha_bar_T = 2.4e-9, which magnifies the network's error in x0_hat)",
-                           from_run="cosine", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True})),
+                           from_run="cosine", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True}),
+                           paired_with=("baseline_clip",)),
     "baseline_clip": Variant("the baseline's run, sampled with each data prediction clipped to [-1, 1]",
                              from_run="baseline", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True})),
     "x0_prediction": Variant("the network predicts x_0 instead of eps", {"prediction": "x0"}),
@@ -169,9 +177,10 @@ VARIANTS: dict[str, Variant] = {
     "half_width_cosine_clip": Variant("half the width and the cosine schedule, sampled with x0_hat clipped to [-1, 1]: "
                                       "the two changes that beat the baseline, together", {"base_channels": 16},
                                       schedule="cosine", sampler=(SAMPLER, SAMPLER_STEPS, {"clip_x0": True}),
-                                      cost_of="half_width"),
+                                      cost_of="half_width", paired_with=("half_width",)),
     "half_width_lr_decay": Variant("half the width, the learning rate falling linearly to 0 over the budget",
-                                   {"base_channels": 16}, lr_decay=1.0, cost_of="half_width"),
+                                   {"base_channels": 16}, lr_decay=1.0, cost_of="half_width",
+                                   paired_with=("half_width",)),
 }
 TRAINED = [name for name, v in VARIANTS.items() if v.from_run is None]
 # Trained variants whose step costs what another's does (the same network, only the recipe differs)
@@ -340,25 +349,26 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
           f"in {seconds:.0f} s", flush=True)
 
 
-def run_paired(results: ResultsFile, name: str, sample_seeds: list[int]) -> None:
-    """Entry ``paired:NAME``: the baseline against variant ``name`` (module docstring, "Paired comparisons"),
-    over every training seed for which both keep the images of all ``sample_seeds``."""
+def run_paired(results: ResultsFile, name: str, sample_seeds: list[int], reference: str = "baseline") -> None:
+    """Entry ``paired:NAME`` (``paired:NAME:vs:REFERENCE`` for another reference): the reference against variant
+    ``name`` (module docstring, "Paired comparisons"), over every training seed for which both keep the images of
+    all ``sample_seeds``."""
+    key = f"paired:{name}" if reference == "baseline" else f"paired:{name}:vs:{reference}"
     kept = {p.name for p in SAMPLES.glob("*.npz")}
     train_seeds = {int(m.group(1)) for p in kept if (m := re.fullmatch(rf"{re.escape(name)}_train(\d+)_sample\d+\.npz", p))}
-    seeds = sorted(s for s in train_seeds if all(kept_path(n, s, k).name in kept for n in ("baseline", name)
+    seeds = sorted(s for s in train_seeds if all(kept_path(n, s, k).name in kept for n in (reference, name)
                                                  for k in sample_seeds))
     if not seeds:
-        print(f"paired:{name}: no training seed has kept images of both the baseline and {name} "
+        print(f"{key}: no training seed has kept images of both {reference} and {name} "
               f"(sampling seeds {sample_seeds}); run with --keep-samples first", flush=True)
         return
 
     def group(n, s):
         return features(torch.cat([torch.from_numpy(load_images(kept_path(n, s, k))) for k in sample_seeds]))
-    base, var = [group("baseline", s) for s in seeds], [group(name, s) for s in seeds]
+    base, var = [group(reference, s) for s in seeds], [group(name, s) for s in seeds]
     c = compare_paired(base, var)
-    results.put(f"paired:{name}", {"vs": "baseline", "train_seeds": seeds, "sample_seeds": list(sample_seeds),
-                                   **c.as_dict()})
-    print(f"paired:{name}: {c}", flush=True)
+    results.put(key, {"vs": reference, "train_seeds": seeds, "sample_seeds": list(sample_seeds), **c.as_dict()})
+    print(f"{key}: {c}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -374,7 +384,8 @@ def main(argv=None) -> int:
                    help="keep every image of an evaluation in experiments/results/ablation_samples/ (committed), scoring "
                         "again an evaluation whose images are not kept")
     p.add_argument("--paired", action="store_true",
-                   help="then write paired:VARIANT, the paired comparison with the baseline (module docstring)")
+                   help="then write paired:VARIANT, the paired comparison with the baseline, and paired:VARIANT:vs:OTHER "
+                        "with each of its Variant.paired_with (module docstring)")
     p.add_argument("--list", action="store_true", help="list the variants and which entries exist, then stop")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -406,7 +417,8 @@ def main(argv=None) -> int:
     if args.paired:
         for name in args.only or list(VARIANTS):
             if name != "baseline":
-                run_paired(results, name, args.sample_seeds)
+                for reference in ("baseline", *VARIANTS[name].paired_with):
+                    run_paired(results, name, args.sample_seeds, reference)
     return 0
 
 

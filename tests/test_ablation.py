@@ -136,6 +136,18 @@ def test_kept_samples_give_a_paired_comparison_over_training_seeds(toy, monkeypa
     assert ablation.main([*args, "--train-seeds", "0", "1"]) == 0
     assert toy.read_text() == before                                   # kept and scored: nothing redone
 
+    # a variant is also compared with the variants of its paired_with, paired:NAME:vs:OTHER; per seed, that ratio
+    # is the quotient of the two variants' ratios to the baseline (the same features, the same FD)
+    monkeypatch.setitem(ablation.VARIANTS, "raw_weights",
+                        replace(ablation.VARIANTS["raw_weights"], paired_with=("alg2_no_noise",)))
+    assert ablation.main([*args[:5], "alg2_no_noise", *args[5:], "--train-seeds", "0", "1", "--paired"]) == 0
+    entries = json.loads(toy.read_text())["entries"]
+    other = entries["paired:raw_weights:vs:alg2_no_noise"]
+    assert other["vs"] == "alg2_no_noise" and other["train_seeds"] == [0, 1]
+    for k in (0, 1):
+        assert other["ratio_per_group"][k] == pytest.approx(
+            both["ratio_per_group"][k] / entries["paired:alg2_no_noise"]["ratio_per_group"][k])
+
 
 def test_the_half_width_preset_buys_the_steps_the_ablation_measured():
     """Preset half_width: the shipped run's 55 and 10 minutes, in the steps of a network 2.4 times as fast."""
