@@ -132,17 +132,23 @@ def sampler_goals(root: Path) -> tuple[list[str], list[str]]:
     return files, lines
 
 
+#: The comparisons that section "The ablation's leads, paired" reads: the five leads, then the sampling questions
+#: that the same training runs answer (ablation.json holds more: the screening's other variants, paired).
+CARD_PAIRED = ("time_at_input", "v_prediction", "x0_prediction", "lr_decay_2e-3", "cosine_clip",
+               "raw_weights", "alg2_noise", "alg2_no_noise", "baseline_clip", "cosine")
+
+
 def ablation_paired(root: Path) -> tuple[list[str], list[str]]:
-    """The ablation's paired tests (section "The ablation's leads, paired"): each change against the baseline,
-    training seeds as groups, from ``experiments/ablation.py --keep-samples --paired``."""
+    """The ablation's paired tests (section "The ablation's leads, paired"): each change of ``CARD_PAIRED``
+    against the baseline, training seeds as groups, from ``experiments/ablation.py --keep-samples --paired``."""
     files = ["experiments/results/ablation.json"]
     entries = load(root, files[0])["entries"]
     lines = header("change (ablation variant)", "training seeds", "FD / FD of the baseline", "95% interval",
                    "verdict")
-    for key, e in entries.items():
-        if key.startswith("paired:"):
-            lines.append(row([f"`{key.split(':', 1)[1]}`", ", ".join(str(s) for s in e["train_seeds"]),
-                              f"{e['ratio']:.2f}", f"{e['low']:.2f} to {e['high']:.2f}", e["verdict"]]))
+    for name in CARD_PAIRED:
+        e = entries[f"paired:{name}"]
+        lines.append(row([f"`{name}`", ", ".join(str(s) for s in e["train_seeds"]), f"{e['ratio']:.2f}",
+                          f"{e['low']:.2f} to {e['high']:.2f}", e["verdict"]]))
     return files, lines
 
 
