@@ -85,10 +85,12 @@ def test_every_player_is_printed_as_a_captioned_sheet_of_frames():
         assert any(w >= 400 for w in widths), f"page {found[0]} has the caption {words!r} but no sheet: {widths}"
 
 
-def test_no_table_runs_off_the_page():
+def test_no_table_or_figure_runs_off_the_page():
     """LaTeX's log names every line set wider than the page; a table's ("in alignment") was chapter 11's results
     table losing two columns before book/_ext/print_book.py gave long tables wrapping columns. A few points over
-    are invisible; a column off the page is tens of points."""
+    are invisible; a column off the page is tens of points. A figure as tall as the page pushed its caption into
+    the footer ("Float too large") until images were held to 80% of the page's height (book/_config.yml)."""
     log = PDF.with_suffix(".log").read_text(errors="replace")
     wide = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide\) in alignment", log)]
     assert not [w for w in wide if w > 10], f"tables wider than the page by {sorted(wide)[-3:]} pt"
+    assert "Float too large" not in log, re.findall(r"Float too large.*", log)
