@@ -80,7 +80,7 @@ def animation_player(
     """
     from matplotlib.animation import FuncAnimation
 
-    check_frames(n, max_frames, embed_limit_mb, colors, sheet_frames)
+    _check(n, max_frames, embed_limit_mb, colors, sheet_frames)
     anim = FuncAnimation(fig, draw, frames=n, interval=interval, blit=False, repeat=False)
     html = _embedded_html(anim, n, default_mode, embed_limit_mb)
     if colors is not None:
@@ -141,8 +141,7 @@ def _palette_png(png: bytes, colors: int) -> bytes:
     return buf.getvalue()
 
 
-def check_frames(n: int, max_frames: int, embed_limit_mb: float, colors: int | None, sheet_frames: int = 1) -> None:
-    """The checks of :func:`animation_player`'s arguments, for a caller that draws ``n`` frames first."""
+def _check(n: int, max_frames: int, embed_limit_mb: float, colors: int | None, sheet_frames: int) -> None:
     if colors is not None and not 2 <= colors <= 256:
         raise ValueError(f"colors must be between 2 and 256 (or None: full colour), got {colors}")
     if not embed_limit_mb > 0:

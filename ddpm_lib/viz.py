@@ -34,7 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ._io import atomic_write_bytes
-from .player import EMBED_LIMIT_MB, animation_player, check_frames
+from .player import animation_player
 
 __all__ = [
     "image_grid",
@@ -248,12 +248,7 @@ def frames_player(
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
     dpi: int = 72,
-    interval: int = 300,
-    default_mode: str = "once",
-    max_frames: int = 60,
-    embed_limit_mb: float = EMBED_LIMIT_MB,
-    colors: int | None = 64,
-    sheet_frames: int = 8,
+    **player_options,
 ):
     """A slider/player over batches of images that works without a kernel (:mod:`ddpm_lib.player`).
 
@@ -264,9 +259,9 @@ def frames_player(
     over ``hist_range``, y axis fixed to ``hist_ylim`` so frames compare.
 
     Keep it light: a few dozen frames of a small figure at ``dpi=72`` is a few
-    hundred kB. ``colors``, ``max_frames``, ``embed_limit_mb`` and
-    ``sheet_frames`` (the frames printed side by side in the PDF) are
-    :func:`ddpm_lib.player.animation_player`'s. Give the cell a figure caption
+    hundred kB. ``player_options`` go to :func:`ddpm_lib.player.animation_player`
+    (``interval``, ``default_mode``, ``max_frames``, ``colors``, ``sheet_frames``:
+    the frames printed side by side in the PDF, ...). Give the cell a figure caption
     (``mystnb: figure: caption``): the site shows it under the player, the PDF
     under the sheet.
 
@@ -277,7 +272,8 @@ def frames_player(
 
     frames = list(frames)
     n = len(frames)
-    check_frames(n, max_frames, embed_limit_mb, colors, sheet_frames)
+    if n == 0:
+        raise ValueError("frames is empty")
     labels = [f"frame {i}" for i in range(n)] if labels is None else [str(s) for s in labels]
     if len(labels) != n:
         raise ValueError(f"got {len(labels)} labels for {n} frames; pass one per frame")
@@ -313,5 +309,4 @@ def frames_player(
         noise_histogram(ax_hist, frames[0], bins=hist_bins, value_range=hist_range, ylim=hist_ylim)
         bars = ax_hist.patches[0]  # the StepPatch drawn by ax.stairs
 
-    return animation_player(fig, draw, n, interval=interval, default_mode=default_mode, max_frames=max_frames,
-                            embed_limit_mb=embed_limit_mb, colors=colors, sheet_frames=sheet_frames)
+    return animation_player(fig, draw, n, **player_options)
