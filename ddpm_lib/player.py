@@ -14,6 +14,7 @@ cell, as every figure's does (``mystnb: figure: caption``), so both get it.
 
 * :func:`animation_player` -- any matplotlib figure and a ``draw(i)`` that shows frame i
 * :class:`Player`          -- what it returns: the HTML and the sheet
+* :func:`sheet_columns`    -- how many frames the sheet puts in a row
 
 :func:`ddpm_lib.viz.frames_player` builds the figure for batches of images.
 """
@@ -26,7 +27,7 @@ import math
 import re
 from typing import Callable
 
-__all__ = ["Player", "animation_player"]
+__all__ = ["Player", "animation_player", "sheet_columns"]
 
 #: Default ``animation.embed_limit`` (MB): matplotlib drops the frames past it.
 EMBED_LIMIT_MB = 50.0

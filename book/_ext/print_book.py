@@ -44,7 +44,7 @@ class PrintSolutions(SphinxPostTransform):
     formats = ("latex",)
 
     def run(self, **kwargs) -> None:
-        for cell in [n for n in self.document.findall(is_solution)]:
+        for cell in list(self.document.findall(is_solution)):
             cell["classes"].remove(HIDDEN)
             heading = nodes.rubric("", "Solution (code)")
             cell.parent.insert(cell.parent.index(cell), heading)
