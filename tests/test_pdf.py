@@ -66,6 +66,10 @@ def test_the_solutions_that_the_site_folds_are_printed():
     for cell in solutions:
         first = next(line.strip() for line in cell.source.splitlines() if line.strip())
         assert first[:40] in text, f"a solution is not printed: {first!r}"
+    checks = [next((line.strip() for line in cell.source.splitlines() if line.strip().startswith("assert")), "")
+              for path in CHAPTERS for cell in code_cells(path) if "hide-cell" in cell.tags and not is_solution(cell)]
+    checks = [line for line in checks if len(line) >= 25]
+    assert checks and not [line for line in checks if line[:40] in text], "a folded check is printed"
 
 
 def test_every_player_is_printed_as_a_captioned_sheet_of_frames():
