@@ -38,6 +38,9 @@ same x_T), the sampling seeds' images of one group pooled. Its verdict reads the
 of FD_variant / FD_baseline; chapter 8 measures how often that rule errs. A variant whose question is
 about another variant (recalibrated BatchNorm statistics against raw weights, a noisy cold start against
 the plain one) is also compared with that one, in ``paired:VARIANT:vs:OTHER`` (``Variant.paired_with``).
+With one training seed as the only group, an interval covers the noise of the samples, not of the training run:
+``--seed-null`` measures what that misses, comparing a variant's recipe with itself across two training
+seeds (``seed_null:VARIANT``), where every verdict but "unresolved" is a false positive.
 """
 
 from __future__ import annotations
@@ -313,6 +316,18 @@ def kept_path(name: str, train_seed: int, sample_seed: int) -> Path:
     return SAMPLES / f"{name}_train{train_seed}_sample{sample_seed}.npz"
 
 
+def kept_train_seeds(name: str, sample_seeds: list[int]) -> list[int]:
+    """The training seeds of ``name`` whose images are kept for every one of ``sample_seeds``, in order."""
+    found = {int(m.group(1)) for p in SAMPLES.glob(f"{name}_train*_sample*.npz")
+             if (m := re.fullmatch(rf"{re.escape(name)}_train(\d+)_sample\d+\.npz", p.name))}
+    return sorted(s for s in found if all(kept_path(name, s, k).exists() for k in sample_seeds))
+
+
+def kept_features(name: str, train_seed: int, sample_seeds: list[int]) -> torch.Tensor:
+    """Classifier features of the kept images of ``name`` at one training seed, its sampling seeds pooled."""
+    return features(torch.cat([torch.from_numpy(load_images(kept_path(name, train_seed, k))) for k in sample_seeds]))
+
+
 def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int, data: torch.Tensor,
              keep: bool = False) -> None:
     key = f"eval:{name}:train{train_seed}:sample{sample_seed}"
@@ -354,20 +369,30 @@ def run_paired(results: ResultsFile, name: str, sample_seeds: list[int], referen
     ``name`` (module docstring, "Paired comparisons"), over every training seed for which both keep the images of
     all ``sample_seeds``."""
     key = f"paired:{name}" if reference == "baseline" else f"paired:{name}:vs:{reference}"
-    kept = {p.name for p in SAMPLES.glob("*.npz")}
-    train_seeds = {int(m.group(1)) for p in kept if (m := re.fullmatch(rf"{re.escape(name)}_train(\d+)_sample\d+\.npz", p))}
-    seeds = sorted(s for s in train_seeds if all(kept_path(n, s, k).name in kept for n in (reference, name)
-                                                 for k in sample_seeds))
+    seeds = sorted(set(kept_train_seeds(name, sample_seeds)) & set(kept_train_seeds(reference, sample_seeds)))
     if not seeds:
         print(f"{key}: no training seed has kept images of both {reference} and {name} "
               f"(sampling seeds {sample_seeds}); run with --keep-samples first", flush=True)
         return
 
-    def group(n, s):
-        return features(torch.cat([torch.from_numpy(load_images(kept_path(n, s, k))) for k in sample_seeds]))
-    base, var = [group(reference, s) for s in seeds], [group(name, s) for s in seeds]
+    base, var = ([kept_features(n, s, sample_seeds) for s in seeds] for n in (reference, name))
     c = compare_paired(base, var)
     results.put(key, {"vs": reference, "train_seeds": seeds, "sample_seeds": list(sample_seeds), **c.as_dict()})
+    print(f"{key}: {c}", flush=True)
+
+
+def run_seed_null(results: ResultsFile, name: str, sample_seeds: list[int]) -> None:
+    """Entry ``seed_null:NAME``: one variant against *itself*, its first two training seeds with kept images
+    compared paired (seed b against seed a, the same x_T), each seed's networks as the only group. The recipe is the
+    same, so a verdict other than "unresolved" is a false positive of the one-training-run rule for a question about
+    a recipe (module docstring, "Paired comparisons")."""
+    key = f"seed_null:{name}"
+    seeds = kept_train_seeds(name, sample_seeds)[:2]
+    if len(seeds) < 2:
+        print(f"{key}: {name} keeps the images of fewer than two training seeds; nothing to compare", flush=True)
+        return
+    c = compare_paired(*([kept_features(name, s, sample_seeds)] for s in seeds))
+    results.put(key, {"train_seeds": seeds, "sample_seeds": list(sample_seeds), **c.as_dict()})
     print(f"{key}: {c}", flush=True)
 
 
@@ -386,6 +411,9 @@ def main(argv=None) -> int:
     p.add_argument("--paired", action="store_true",
                    help="then write paired:VARIANT, the paired comparison with the baseline, and paired:VARIANT:vs:OTHER "
                         "with each of its Variant.paired_with (module docstring)")
+    p.add_argument("--seed-null", action="store_true",
+                   help="then write seed_null:VARIANT for each variant (of --only; default: all) with kept images at "
+                        "two training seeds: its recipe against itself, one run each (run_seed_null)")
     p.add_argument("--list", action="store_true", help="list the variants and which entries exist, then stop")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
@@ -419,6 +447,9 @@ def main(argv=None) -> int:
             if name != "baseline":
                 for reference in ("baseline", *VARIANTS[name].paired_with):
                     run_paired(results, name, args.sample_seeds, reference)
+    if args.seed_null:
+        for name in args.only or list(VARIANTS):
+            run_seed_null(results, name, args.sample_seeds)
     return 0
 
 

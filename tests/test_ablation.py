@@ -136,6 +136,16 @@ def test_kept_samples_give_a_paired_comparison_over_training_seeds(toy, monkeypa
     assert ablation.main([*args, "--train-seeds", "0", "1"]) == 0
     assert toy.read_text() == before                                   # kept and scored: nothing redone
 
+    # --seed-null: a recipe against itself, training seed 1 against seed 0, one group; its ratio is the quotient
+    # of the two runs' FDs (the same x_T, the same reference)
+    assert ablation.main([*args, "--train-seeds", "0", "--seed-null"]) == 0
+    entries = json.loads(toy.read_text())["entries"]
+    null = entries["seed_null:baseline"]
+    assert null["train_seeds"] == [0, 1] and null["n_per_group"] == [40] and null["paired"] is True
+    fd = [entries[f"eval:baseline:train{s}:sample0"]["fd"] for s in (0, 1)]
+    assert null["ratio"] == pytest.approx(fd[1] / fd[0], rel=1e-5)
+    assert "seed_null:raw_weights" in entries
+
     # a variant is also compared with the variants of its paired_with, paired:NAME:vs:OTHER; per seed, that ratio
     # is the quotient of the two variants' ratios to the baseline (the same features, the same FD)
     monkeypatch.setitem(ablation.VARIANTS, "raw_weights",
