@@ -364,11 +364,17 @@ def run_eval(results: ResultsFile, name: str, train_seed: int, sample_seed: int,
           f"in {seconds:.0f} s", flush=True)
 
 
+def paired_key(name: str, reference: str = "baseline") -> str:
+    """The results key of variant ``name``'s paired comparison with ``reference``: ``paired:NAME`` against the
+    baseline, ``paired:NAME:vs:REFERENCE`` against any other variant."""
+    return f"paired:{name}" if reference == "baseline" else f"paired:{name}:vs:{reference}"
+
+
 def run_paired(results: ResultsFile, name: str, sample_seeds: list[int], reference: str = "baseline") -> None:
     """Entry ``paired:NAME`` (``paired:NAME:vs:REFERENCE`` for another reference): the reference against variant
     ``name`` (module docstring, "Paired comparisons"), over every training seed for which both keep the images of
     all ``sample_seeds``."""
-    key = f"paired:{name}" if reference == "baseline" else f"paired:{name}:vs:{reference}"
+    key = paired_key(name, reference)
     seeds = sorted(set(kept_train_seeds(name, sample_seeds)) & set(kept_train_seeds(reference, sample_seeds)))
     if not seeds:
         print(f"{key}: no training seed has kept images of both {reference} and {name} "
